@@ -1,0 +1,69 @@
+"""Check a torch checkpoint against jaxrnn: ``python -m interop.check CHECKPOINT``.
+
+Finds every ``nn.RNN``/``nn.LSTM``/``nn.GRU`` in the checkpoint (or the one
+under ``--prefix``), loads it into torch and into jaxrnn, runs both on the
+same random input with and without ``seq_lengths``, prints the largest
+absolute difference of outputs and states, and exits 1 if any exceeds
+``--atol`` (2 if the checkpoint holds no recurrent layer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from interop.checkpoint import CheckpointError, load_checkpoint
+from interop.parity import find_recurrent_layers, max_abs_diffs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m interop.check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help=".pt/.pth/.bin (read with weights_only=True) or .safetensors")
+    parser.add_argument("--prefix", help="check only the layer whose keys start with this, e.g. 'rnn.'")
+    parser.add_argument("--key", help="entry of a training checkpoint dict that holds the state_dict")
+    parser.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="for nn.RNN layers")
+    parser.add_argument("--batch", type=int, default=3)
+    parser.add_argument("--seq-len", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--atol", type=float, default=1e-4, help="largest absolute difference allowed")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    try:
+        state_dict = load_checkpoint(args.checkpoint, key=args.key)
+    except (FileNotFoundError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    layers = find_recurrent_layers(state_dict)
+    if args.prefix is not None:
+        layers = {p: spec for p, spec in layers.items() if p == args.prefix}
+    if not layers:
+        where = f" under prefix {args.prefix!r}" if args.prefix is not None else ""
+        print(f"{args.checkpoint}: no RNN/LSTM/GRU weights found{where}.", file=sys.stderr)
+        return 2
+
+    worst = 0.0
+    for prefix, (kind, config) in layers.items():
+        if kind in ("RNN", "RNNCell"):
+            config["nonlinearity"] = args.nonlinearity
+        sub = {k[len(prefix) :]: torch.as_tensor(v) for k, v in state_dict.items() if k.startswith(prefix)}
+        module = getattr(torch.nn, kind)(
+            **config, dtype=sub["weight_ih" + ("" if kind.endswith("Cell") else "_l0")].dtype
+        )
+        module.load_state_dict({k: v for k, v in sub.items() if k in module.state_dict()})
+        module.eval()
+        diffs = max_abs_diffs(module, batch=args.batch, seq_len=args.seq_len, seed=args.seed)
+        settings = ", ".join(f"{k}={v}" for k, v in config.items())
+        print(f"{prefix or '(top level)'}: torch.nn.{kind}({settings})")
+        for name, diff in diffs.items():
+            flag = "" if diff <= args.atol else "   <-- exceeds --atol"
+            print(f"  max |jaxrnn - torch| {name:<24} {diff:.3e}{flag}")
+            worst = max(worst, diff)
+    ok = worst <= args.atol
+    print(f"{'OK' if ok else 'FAIL'}: largest difference {worst:.3e} (atol {args.atol:g})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

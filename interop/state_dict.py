@@ -1,0 +1,179 @@
+"""Map torch ``state_dict`` keys onto Flax parameter trees and back.
+
+The rule is by name, so whole models port as long as the Flax submodules are
+named like the torch attributes::
+
+    torch key                     Flax path                          conversion
+    rnn.weight_ih_l0              ('rnn', 'weight_ih_l0')            none (jaxrnn keeps torch's layout)
+    fc.weight  (nn.Linear)        ('fc', 'kernel')                   transpose (out, in) <-> (in, out)
+    fc.bias                       ('fc', 'bias')                     none
+    embed.weight (nn.Embedding)   ('embed', 'embedding')             none
+    norm.weight (nn.LayerNorm)    ('norm', 'scale')                  none
+
+This module needs numpy only; torch tensors are accepted as values when torch
+is installed, but torch is never imported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from jaxrnn.cells import _Cell
+from jaxrnn.rnn import _StackedRecurrent
+
+# Flax leaf name -> torch leaf name, and whether the array is transposed.
+_LEAF_RENAMES = {"kernel": ("weight", True), "embedding": ("weight", False), "scale": ("weight", False)}
+
+
+class StateDictError(ValueError):
+    """A state_dict does not fit a module. ``missing``, ``unexpected`` and ``mismatched`` name the keys."""
+
+    def __init__(
+        self,
+        target: str,
+        missing: list[str],
+        unexpected: list[str],
+        mismatched: list[tuple[str, tuple, tuple]],
+    ):
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        lines = [f"Error(s) loading state_dict into {target}:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        for key, expected, got in mismatched:
+            lines.append(f"  shape mismatch for {key}: expected {expected}, got {got}")
+        super().__init__("\n".join(lines))
+
+
+def torch_key(path: tuple[str, ...], prefix: str = "") -> tuple[str, bool]:
+    """Flax parameter path -> (torch state_dict key, whether the array is transposed)."""
+    *modules, leaf = path
+    leaf, transposed = _LEAF_RENAMES.get(leaf, (leaf, False))
+    return prefix + ".".join([*modules, leaf]), transposed
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A torch tensor, JAX array or array-like as a numpy array (bfloat16 kept as ml_dtypes' bfloat16)."""
+    if hasattr(value, "detach"):  # torch.Tensor, without importing torch
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            return value.float().numpy().astype(jnp.bfloat16)
+        return value.numpy()
+    return np.asarray(value)
+
+
+def _example_inputs(module: nn.Module, state_dict: Mapping[str, Any], prefix: str) -> tuple:
+    """Inputs to trace a lone jaxrnn layer or cell, with the input size read from ``weight_ih``."""
+    name = "weight_ih_l0" if isinstance(module, _StackedRecurrent) else "weight_ih"
+    input_size = module.input_size
+    if input_size is None:
+        key = prefix + name
+        if key not in state_dict:
+            raise StateDictError(type(module).__name__, [key], [], [])
+        input_size = int(np.shape(state_dict[key])[1])
+    shape = (1, 1, input_size) if isinstance(module, _StackedRecurrent) else (1, input_size)
+    return (jax.ShapeDtypeStruct(shape, jnp.float32),)
+
+
+def abstract_params(module: nn.Module, *example_args: Any, **example_kwargs: Any) -> dict[tuple[str, ...], Any]:
+    """Flat ``{path: ShapeDtypeStruct}`` of ``module``'s params, traced (no compute) on the example inputs."""
+    # Arrays (and ShapeDtypeStructs) are traced abstractly; anything else (flags like
+    # deterministic=True) stays a Python value the module can branch on.
+    leaves, treedef = jax.tree.flatten((example_args, example_kwargs))
+    is_array = [isinstance(leaf, (jax.Array, np.ndarray, jax.ShapeDtypeStruct)) for leaf in leaves]
+
+    def init(*arrays: Any) -> Any:
+        it = iter(arrays)
+        args, kwargs = jax.tree.unflatten(treedef, [next(it) if a else leaf for leaf, a in zip(leaves, is_array)])
+        return module.init(jax.random.key(0), *args, **kwargs)
+
+    variables = jax.eval_shape(init, *[leaf for leaf, a in zip(leaves, is_array) if a])
+    return traverse_util.flatten_dict(dict(variables.get("params", {})))
+
+
+def load_state_dict(
+    module: nn.Module,
+    state_dict: Mapping[str, Any],
+    *example_args: Any,
+    prefix: str = "",
+    strict: bool = True,
+    **example_kwargs: Any,
+) -> dict[str, Any]:
+    """Loads a torch ``state_dict`` into Flax ``variables`` for ``module``.
+
+    Args:
+      module: a jaxrnn layer or cell, or any Flax model built from jaxrnn
+        layers, ``nn.Dense``, ``nn.Embed`` (and ``nn.LayerNorm``) whose
+        submodule names match the torch attribute names.
+      state_dict: ``{key: tensor or array}``, e.g. ``torch_model.state_dict()``
+        or :func:`interop.load_checkpoint`'s result.
+      *example_args, **example_kwargs: inputs to trace ``module.init`` with
+        (shapes only; nothing is computed). Not needed for a lone jaxrnn layer
+        or cell: its input size is read from ``weight_ih``.
+      prefix: prepended to every expected key, e.g. ``'rnn.'`` to load the
+        ``rnn`` submodule of a torch model into a lone jaxrnn layer.
+      strict: when False, keys of ``state_dict`` that the module does not use
+        are ignored. Missing keys and shape mismatches are always errors.
+
+    Returns:
+      ``{'params': ...}`` with each array converted to the dtype the module
+      declares (``param_dtype``).
+
+    Raises:
+      StateDictError: listing every missing, unexpected and misshapen key
+        (misshapen with expected vs got shape, in torch's layout).
+    """
+    target = type(module).__name__
+    if not example_args and not example_kwargs:
+        if not isinstance(module, (_StackedRecurrent, _Cell)):
+            raise TypeError(
+                f"load_state_dict: pass example inputs for {target} (e.g. load_state_dict(model, sd, x)) "
+                "so its parameter shapes can be traced; only lone jaxrnn layers and cells infer them."
+            )
+        example_args = _example_inputs(module, state_dict, prefix)
+    expected = abstract_params(module, *example_args, **example_kwargs)
+
+    flat: dict[tuple[str, ...], Any] = {}
+    missing, mismatched, used = [], [], set()
+    for path, abstract in expected.items():
+        key, transposed = torch_key(path, prefix)
+        want = tuple(reversed(abstract.shape)) if transposed else tuple(abstract.shape)
+        if key not in state_dict:
+            missing.append(key)
+            continue
+        used.add(key)
+        value = to_numpy(state_dict[key])
+        if tuple(value.shape) != want:
+            mismatched.append((key, want, tuple(value.shape)))
+            continue
+        flat[path] = jnp.asarray(value.T if transposed else value, dtype=abstract.dtype)
+    # Keys outside the prefix belong to other parts of a bigger checkpoint: not unexpected.
+    unexpected = [k for k in state_dict if k.startswith(prefix) and k not in used] if strict else []
+    if missing or unexpected or mismatched:
+        raise StateDictError(target, missing, unexpected, mismatched)
+    return {"params": traverse_util.unflatten_dict(flat)}
+
+
+def to_state_dict(variables: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    """Flax ``variables`` -> torch-style ``{key: numpy array}`` (the inverse of :func:`load_state_dict`).
+
+    Feed it to ``torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in ...})``.
+    """
+    if "params" not in variables:
+        raise KeyError(
+            f"to_state_dict: expected Flax variables with a 'params' collection, got keys {list(variables)}."
+        )
+    out = {}
+    for path, value in traverse_util.flatten_dict(dict(variables["params"])).items():
+        key, transposed = torch_key(path, prefix)
+        array = np.asarray(value)
+        out[key] = np.ascontiguousarray(array.T) if transposed else array
+    return out
