@@ -43,8 +43,18 @@ def max_abs_diffs(module: Any, *, batch: int = 3, seq_len: int = 7, seed: int = 
     Runs both with a random initial state, once on full sequences and once
     with random ``seq_lengths`` in ``[1, seq_len]`` (one of them ``seq_len``).
     Returns ``{'output': .., 'h_n': .., ['c_n': ..,] 'output (seq_lengths)': .., ...}``;
-    for a cell, one step's ``{"h'": .., ["c'": ..]}``.
+    for a cell, one step's ``{"h'": .., ["c'": ..]}``. Torch runs in eval mode (no
+    dropout), as jaxrnn does by default; the module's own mode is restored after.
     """
+    was_training = module.training
+    module.eval()
+    try:
+        return _max_abs_diffs(module, batch, seq_len, seed)
+    finally:
+        module.train(was_training)
+
+
+def _max_abs_diffs(module: Any, batch: int, seq_len: int, seed: int) -> dict[str, float]:
     import torch
 
     jax_module, variables = from_torch(module)

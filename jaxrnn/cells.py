@@ -89,6 +89,12 @@ def declare_weights(
     gates = num_gates * hidden_size
 
     def param(name: str, shape: tuple[int, ...]) -> Array:
+        existing = module.get_variable("params", name + suffix)
+        if existing is not None and tuple(existing.shape) != shape:
+            raise ValueError(
+                f"{type(module).__name__}: parameter {name + suffix} has shape {tuple(existing.shape)}, but this "
+                f"call needs {shape} (input features {input_size}): these variables were made for another input size."
+            )
         return module.param(name + suffix, init, shape, param_dtype)
 
     return {

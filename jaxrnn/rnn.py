@@ -229,7 +229,7 @@ class LSTM(_StackedRecurrent):
     def __post_init__(self) -> None:
         if isinstance(self.proj_size, bool) or not isinstance(self.proj_size, int) or self.proj_size < 0:
             raise ValueError(f"LSTM: proj_size must be a non-negative int, got {self.proj_size!r}.")
-        if isinstance(self.hidden_size, int) and self.proj_size >= self.hidden_size:
+        if self.proj_size > 0 and isinstance(self.hidden_size, int) and self.proj_size >= self.hidden_size:
             raise ValueError(
                 f"LSTM: proj_size must be smaller than hidden_size, got proj_size={self.proj_size} "
                 f"and hidden_size={self.hidden_size}."

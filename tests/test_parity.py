@@ -1,0 +1,161 @@
+"""jaxrnn.RNN/LSTM/GRU against torch.nn.RNN/LSTM/GRU over random configurations (hypothesis).
+
+Each example builds a torch module, copies its ``state_dict`` into jaxrnn
+*unchanged* (same keys, same shapes), runs both on the same input, initial
+state and lengths (torch through ``pack_padded_sequence``), and compares:
+outputs and final states (absolute), then the gradients of a random linear
+function of every output with respect to the input, the initial state and
+every parameter (relative to the largest torch gradient of that tensor).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import jaxrnn
+from interop import torch_forward
+
+TOLERANCES = {"float32": (1e-5, 1e-4), "float64": (1e-10, 1e-10)}  # (values absolute, gradients relative)
+
+
+@st.composite
+def cases(draw, kind: str) -> dict:
+    hidden = draw(st.integers(1, 6))
+    config = {
+        "input_size": draw(st.integers(1, 5)),
+        "hidden_size": hidden,
+        "num_layers": draw(st.integers(1, 3)),
+        "bias": draw(st.booleans()),
+        "batch_first": draw(st.booleans()),
+        "bidirectional": draw(st.booleans()),
+    }
+    if kind == "RNN":
+        config["nonlinearity"] = draw(st.sampled_from(["tanh", "relu"]))
+    if kind == "LSTM":
+        config["proj_size"] = draw(st.integers(0, hidden - 1))
+    length = draw(st.integers(1, 6))
+    batch = draw(st.one_of(st.none(), st.integers(1, 4)))  # None: unbatched input
+    lengths = None
+    if batch is not None and draw(st.booleans()):
+        lengths = draw(st.lists(st.integers(1, length), min_size=batch, max_size=batch))
+    return {
+        "kind": kind,
+        "config": config,
+        "length": length,
+        "batch": batch,
+        "lengths": lengths,
+        "given_h0": draw(st.booleans()),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = np.abs(b).max(initial=0.0)
+    diff = np.abs(a - b).max(initial=0.0)
+    return diff / scale if scale > 0 else diff
+
+
+def run_both(case: dict, dtype: str):
+    """Returns (torch results, jax results), each {'output', 'states', 'grads'} as numpy."""
+    kind, config = case["kind"], case["config"]
+    rng = np.random.default_rng(case["seed"])
+    torch.manual_seed(case["seed"])
+    torch_module = getattr(torch.nn, kind)(**config, dtype=getattr(torch, dtype))
+
+    D = 2 if config["bidirectional"] else 1
+    stack = D * config["num_layers"]
+    out_size = config.get("proj_size") or config["hidden_size"]
+    L, N = case["length"], case["batch"]
+    if N is None:
+        x_shape, lead = (L, config["input_size"]), (stack,)
+    else:
+        x_shape = (N, L, config["input_size"]) if config["batch_first"] else (L, N, config["input_size"])
+        lead = (stack, N)
+    state_shapes = [lead + (out_size,)] + ([lead + (config["hidden_size"],)] if kind == "LSTM" else [])
+    x = rng.standard_normal(x_shape).astype(dtype)
+    h0 = [rng.standard_normal(s).astype(dtype) for s in state_shapes] if case["given_h0"] else []
+
+    def pack_state(parts):
+        if not parts:
+            return None
+        return tuple(parts) if kind == "LSTM" else parts[0]
+
+    # torch
+    tx = torch.tensor(x, requires_grad=True)
+    th0 = [torch.tensor(h, requires_grad=True) for h in h0]
+    lengths = case["lengths"]
+    t_out, t_state = torch_forward(torch_module, tx, pack_state(th0), None if lengths is None else torch.tensor(lengths))
+    t_states = list(t_state) if kind == "LSTM" else [t_state]
+    w_out = rng.standard_normal(tuple(t_out.shape)).astype(dtype)
+    w_states = [rng.standard_normal(tuple(s.shape)).astype(dtype) for s in t_states]
+    loss = (t_out * torch.tensor(w_out)).sum() + sum((s * torch.tensor(w)).sum() for s, w in zip(t_states, w_states))
+    loss.backward()
+    torch_grads = {"x": tx.grad, **{f"h_0[{i}]": h.grad for i, h in enumerate(th0)}}
+    torch_grads.update({name: p.grad for name, p in torch_module.named_parameters()})
+    torch_result = {
+        "output": t_out.detach().numpy(),
+        "states": [s.detach().numpy() for s in t_states],
+        "grads": {k: v.numpy() for k, v in torch_grads.items()},
+    }
+
+    # jaxrnn, from the same state_dict, unchanged
+    jax_module = getattr(jaxrnn, kind)(**config, param_dtype=jnp.dtype(dtype))
+    params = {k: jnp.asarray(v.detach().numpy()) for k, v in torch_module.state_dict().items()}
+    seq_lengths = None if lengths is None else jnp.asarray(lengths, jnp.int32)
+
+    def loss_fn(params, x, h0):
+        out, state = jax_module.apply({"params": params}, x, pack_state(h0), seq_lengths=seq_lengths)
+        states = list(state) if kind == "LSTM" else [state]
+        value = (out * w_out).sum() + sum((s * w).sum() for s, w in zip(states, w_states))
+        return value, (out, states)
+
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True))
+    (_, (j_out, j_states)), (g_params, g_x, g_h0) = grad_fn(
+        params, jnp.asarray(x), [jnp.asarray(h) for h in h0]
+    )
+    jax_grads = {"x": g_x, **{f"h_0[{i}]": g for i, g in enumerate(g_h0)}, **g_params}
+    jax_result = {
+        "output": np.asarray(j_out),
+        "states": [np.asarray(s) for s in j_states],
+        "grads": {k: np.asarray(v) for k, v in jax_grads.items()},
+    }
+    return torch_result, jax_result
+
+
+def check_case(case: dict, dtype: str, parity_log) -> None:
+    value_tol, grad_tol = TOLERANCES[dtype]
+    t, j = run_both(case, dtype)
+    assert j["output"].shape == t["output"].shape
+    assert j["output"].dtype == np.dtype(dtype)
+    out_err = np.abs(j["output"] - t["output"]).max(initial=0.0)
+    assert out_err <= value_tol, f"output differs by {out_err}"
+    parity_log("output (abs)", dtype, out_err)
+    for i, (a, b) in enumerate(zip(j["states"], t["states"])):
+        assert a.shape == b.shape
+        err = np.abs(a - b).max(initial=0.0)
+        assert err <= value_tol, f"state {i} differs by {err}"
+        parity_log("final states (abs)", dtype, err)
+    assert set(j["grads"]) == set(t["grads"])
+    for name, b in t["grads"].items():
+        err = rel_err(j["grads"][name], b)
+        assert err <= grad_tol, f"gradient of {name} differs by {err} (relative)"
+        parity_log("gradients (rel to max)", dtype, err)
+    parity_log.count(case["kind"])
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+@given(data=st.data())
+def test_parity_float32(kind, data, parity_log):
+    check_case(data.draw(cases(kind)), "float32", parity_log)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+@given(data=st.data())
+def test_parity_float64(kind, data, parity_log):
+    with jax.enable_x64(True):
+        check_case(data.draw(cases(kind)), "float64", parity_log)
