@@ -219,7 +219,8 @@ def test_check_command(tmp_path, capsys):
 
 def test_check_command_runs_as_a_module(tmp_path):
     torch.save(torch.nn.GRU(3, 4, bidirectional=True).state_dict(), tmp_path / "gru.pt")
-    run = subprocess.run([sys.executable, "-m", "interop.check", str(tmp_path / "gru.pt")], capture_output=True, text=True)
+    command = [sys.executable, "-m", "interop.check", str(tmp_path / "gru.pt")]
+    run = subprocess.run(command, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "(top level): torch.nn.GRU(" in run.stdout
 

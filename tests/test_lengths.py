@@ -93,7 +93,7 @@ def test_jit_compiles_once_for_any_lengths():
 def test_bad_lengths_are_clear_errors(lengths, error, match):
     module, variables = _setup("LSTM")
     with pytest.raises(error, match=match):
-        module.apply(variables, jnp.ones((3, 6, 4)), seq_lengths=np.asarray(lengths) if isinstance(lengths, list) else lengths)
+        module.apply(variables, jnp.ones((3, 6, 4)), seq_lengths=np.asarray(lengths))
 
 
 def test_lengths_with_unbatched_input_is_an_error():

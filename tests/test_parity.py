@@ -89,7 +89,8 @@ def run_both(case: dict, dtype: str):
     tx = torch.tensor(x, requires_grad=True)
     th0 = [torch.tensor(h, requires_grad=True) for h in h0]
     lengths = case["lengths"]
-    t_out, t_state = torch_forward(torch_module, tx, pack_state(th0), None if lengths is None else torch.tensor(lengths))
+    t_lengths = None if lengths is None else torch.tensor(lengths)
+    t_out, t_state = torch_forward(torch_module, tx, pack_state(th0), t_lengths)
     t_states = list(t_state) if kind == "LSTM" else [t_state]
     w_out = rng.standard_normal(tuple(t_out.shape)).astype(dtype)
     w_states = [rng.standard_normal(tuple(s.shape)).astype(dtype) for s in t_states]
@@ -115,9 +116,7 @@ def run_both(case: dict, dtype: str):
         return value, (out, states)
 
     grad_fn = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True))
-    (_, (j_out, j_states)), (g_params, g_x, g_h0) = grad_fn(
-        params, jnp.asarray(x), [jnp.asarray(h) for h in h0]
-    )
+    (_, (j_out, j_states)), (g_params, g_x, g_h0) = grad_fn(params, jnp.asarray(x), [jnp.asarray(h) for h in h0])
     jax_grads = {"x": g_x, **{f"h_0[{i}]": g for i, g in enumerate(g_h0)}, **g_params}
     jax_result = {
         "output": np.asarray(j_out),
