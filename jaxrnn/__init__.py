@@ -10,9 +10,25 @@
 """
 
 from jaxrnn.cells import GRUCell, LSTMCell, RNNCell
+from jaxrnn.data import Vocab, bptt_batches, contiguous_streams, num_bptt_batches, sliding_windows
+from jaxrnn.generate import generate
+from jaxrnn.models import Classifier, SequenceModel, Tagger, recurrent_layer
 from jaxrnn.padding import lengths_to_mask, pad_sequence
 from jaxrnn.recurrence import Recurrence
 from jaxrnn.rnn import GRU, LSTM, RNN
+from jaxrnn.train import (
+    TrainState,
+    accuracy,
+    bits_per_char,
+    cross_entropy_loss,
+    fit,
+    init_train_state,
+    make_eval_step,
+    make_optimizer,
+    make_train_step,
+    masked_cross_entropy,
+    perplexity,
+)
 
 __all__ = [
     "GRU",
@@ -24,5 +40,27 @@ __all__ = [
     "Recurrence",
     "lengths_to_mask",
     "pad_sequence",
+    # models, data, training, generation
+    "Classifier",
+    "SequenceModel",
+    "Tagger",
+    "recurrent_layer",
+    "Vocab",
+    "bptt_batches",
+    "contiguous_streams",
+    "num_bptt_batches",
+    "sliding_windows",
+    "TrainState",
+    "accuracy",
+    "bits_per_char",
+    "cross_entropy_loss",
+    "fit",
+    "generate",
+    "init_train_state",
+    "make_eval_step",
+    "make_optimizer",
+    "make_train_step",
+    "masked_cross_entropy",
+    "perplexity",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,81 @@
+"""Generation: feed each prediction back in, one token at a time, compiled with ``lax.scan``."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def pick_token(logits: Array, key: Array, temperature: float, top_k: int | None, greedy: bool) -> Array:
+    """One token id from ``logits (V,)``: argmax, or a sample at ``temperature`` among the ``top_k`` best."""
+    if greedy:
+        return jnp.argmax(logits, axis=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth_best = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth_best, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1)
+
+
+@partial(jax.jit, static_argnames=("model", "num_tokens", "top_k", "greedy"))
+def _generate(
+    model: nn.Module,
+    variables: Any,
+    prompt: Array,
+    key: Array,
+    temperature: Array,
+    num_tokens: int,
+    top_k: int | None,
+    greedy: bool,
+) -> Array:
+    logits, state = model.apply(variables, prompt[None, :])
+
+    def body(carry: tuple[Array, Any], step_key: Array) -> tuple[tuple[Array, Any], Array]:
+        last_logits, state = carry
+        token = pick_token(last_logits, step_key, temperature, top_k, greedy)
+        logits, state = model.apply(variables, token[None, None], state)
+        return (logits[0, -1], state), token
+
+    _, tokens = jax.lax.scan(body, (logits[0, -1], state), jax.random.split(key, num_tokens))
+    return tokens
+
+
+def generate(
+    model: nn.Module,
+    variables: Any,
+    prompt: Array,
+    num_tokens: int,
+    key: Array | None = None,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    greedy: bool = False,
+) -> Array:
+    """Continues ``prompt`` (ids ``(P,)``, P >= 1) by ``num_tokens`` tokens from a :class:`SequenceModel`.
+
+    The prompt is run once to prime the state; then each step feeds the chosen
+    token back in (greedy argmax, or sampling with ``temperature`` and optional
+    ``top_k``). The loop is a ``lax.scan`` inside one ``jit``. Returns the new
+    ids ``(num_tokens,)``, without the prompt.
+    """
+    prompt = jnp.asarray(prompt)
+    if prompt.ndim != 1 or prompt.shape[0] < 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
+        raise ValueError(f"generate: prompt must be a non-empty 1-D array of ids, got {prompt.dtype}{prompt.shape}.")
+    if num_tokens < 1:
+        raise ValueError(f"generate: num_tokens must be >= 1, got {num_tokens}.")
+    if not greedy:
+        if key is None:
+            raise ValueError("generate: sampling needs a key (or pass greedy=True).")
+        if temperature <= 0:
+            raise ValueError(f"generate: temperature must be > 0, got {temperature}.")
+    vocab = getattr(model, "vocab_size", None)
+    if top_k is not None and (top_k < 1 or (vocab is not None and top_k > vocab)):
+        raise ValueError(f"generate: top_k must be in [1, {vocab}], got {top_k}.")
+    key = jax.random.key(0) if key is None else key
+    return _generate(model, variables, prompt, key, jnp.float32(temperature), num_tokens, top_k, greedy)

@@ -1,0 +1,118 @@
+"""Models the course builds from a recurrent layer: language model, classifier, tagger.
+
+All three read token ids ``(N, L)`` (batch first), embed them (``nn.Embed``)
+or one-hot encode them (``embedding_size=None``, the course's way), run a
+``jaxrnn`` RNN/LSTM/GRU stack, and finish with ``nn.Dense``. Submodules are
+named ``embed``, ``rnn`` and ``fc``, like the usual torch attributes, so
+``interop.load_state_dict`` ports the torch twin directly. All accept
+``seq_lengths`` ``(N,)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxrnn.rnn import GRU, LSTM, RNN, _StackedRecurrent
+
+Array = jax.Array
+CELLS: dict[str, type[_StackedRecurrent]] = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+
+
+def recurrent_layer(cell: str, **kwargs: Any) -> _StackedRecurrent:
+    """``'rnn' | 'lstm' | 'gru'`` -> the jaxrnn layer, built with ``kwargs``."""
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}.")
+    return CELLS[cell](**kwargs)
+
+
+class _Recurrent(nn.Module):
+    """Shared fields and the embed -> recurrent stack path."""
+
+    vocab_size: int
+    hidden_size: int
+    cell: str = "lstm"
+    num_layers: int = 1
+    embedding_size: int | None = None
+    dropout: float = 0.0
+    bidirectional: bool = False
+    nonlinearity: str = "tanh"
+
+    def _encode(self, ids: Array, state: Any, seq_lengths: Array | None, deterministic: bool) -> tuple[Array, Any]:
+        """ids ``(N, L)`` -> (outputs ``(N, L, D*H)``, final state)."""
+        ids = jnp.asarray(ids)
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise TypeError(f"{type(self).__name__}: expected integer token ids, got dtype {ids.dtype}.")
+        if self.embedding_size is None:
+            x = jax.nn.one_hot(ids, self.vocab_size)
+        else:
+            x = nn.Embed(self.vocab_size, self.embedding_size, name="embed")(ids)
+        if self.dropout > 0:
+            x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        options = {"nonlinearity": self.nonlinearity} if self.cell == "rnn" else {}
+        rnn = recurrent_layer(
+            self.cell,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            batch_first=True,
+            dropout=self.dropout,
+            bidirectional=self.bidirectional,
+            name="rnn",
+            **options,
+        )
+        out, state = rnn(x, state, seq_lengths=seq_lengths, deterministic=deterministic)
+        if self.dropout > 0:
+            out = nn.Dropout(self.dropout)(out, deterministic=deterministic)
+        return out, state
+
+
+class SequenceModel(_Recurrent):
+    """Language model: ``ids (N, L) -> (logits (N, L, vocab_size), state)``.
+
+    ``state`` is the recurrent layer's final state (``h_n``, or ``(h_n, c_n)``
+    for LSTM); pass it back as ``state`` to continue a stream (truncated BPTT,
+    generation). Call: ``model.apply(variables, ids, state=None,
+    seq_lengths=None, deterministic=True)``.
+    """
+
+    @nn.compact
+    def __call__(
+        self, ids: Array, state: Any = None, seq_lengths: Array | None = None, deterministic: bool = True
+    ) -> tuple[Array, Any]:
+        out, state = self._encode(ids, state, seq_lengths, deterministic)
+        return nn.Dense(self.vocab_size, name="fc")(out), state
+
+
+class Classifier(_Recurrent):
+    """Many-to-one: ``ids (N, L) -> logits (N, num_classes)`` from the last layer's final hidden state.
+
+    With ``seq_lengths`` the final state is each sequence's own last valid
+    step; bidirectional models concatenate both directions' final states.
+    """
+
+    num_classes: int = 2
+
+    @nn.compact
+    def __call__(self, ids: Array, seq_lengths: Array | None = None, deterministic: bool = True) -> Array:
+        _, state = self._encode(ids, None, seq_lengths, deterministic)
+        h_n = state[0] if isinstance(state, tuple) else state  # (D*num_layers, N, H)
+        D = 2 if self.bidirectional else 1
+        last = jnp.concatenate(list(h_n[-D:]), axis=-1)  # (N, D*H)
+        return nn.Dense(self.num_classes, name="fc")(last)
+
+
+class Tagger(_Recurrent):
+    """Many-to-many: ``ids (N, L) -> logits (N, L, num_tags)``, one prediction per step.
+
+    Padded steps (``t >= seq_lengths[n]``) get the head's bias only; mask them in the loss.
+    """
+
+    num_tags: int = 2
+
+    @nn.compact
+    def __call__(self, ids: Array, seq_lengths: Array | None = None, deterministic: bool = True) -> Array:
+        out, _ = self._encode(ids, None, seq_lengths, deterministic)
+        return nn.Dense(self.num_tags, name="fc")(out)
