@@ -54,9 +54,8 @@ def main(argv=None) -> int:
         f"classification head on h_n[-1]: {tuple(class_logits.shape)}; token head on every step: "
         f"{tuple(token_logits.shape)}"
     )
-    print(
-        f"outputs past each length are zero: {bool(jnp.all(output[~jaxrnn.lengths_to_mask(seq_lengths, padded.shape[1])] == 0))}"
-    )
+    padding = ~jaxrnn.lengths_to_mask(seq_lengths, padded.shape[1])
+    print(f"outputs past each length are zero: {bool(jnp.all(output[padding] == 0))}")
 
     # -- padding changes nothing: compare with each sequence run alone ------------------------------
     worst = 0.0
