@@ -128,7 +128,7 @@ def compare_with_torch(args, model, params, batch, vocab) -> int:
 
     torch.manual_seed(args.seed)
     twin = TorchTwin()
-    twin.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in interop.to_state_dict({"params": params}).items()})
+    twin.load_state_dict({k: torch.from_numpy(v) for k, v in interop.to_state_dict({"params": params}).items()})
     torch_opt = torch.optim.SGD(twin.parameters(), lr=args.lr)
     x, y = torch.from_numpy(np.asarray(batch["inputs"])).long(), torch.from_numpy(np.asarray(batch["targets"])).long()
 

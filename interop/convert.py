@@ -77,5 +77,5 @@ def to_torch(module: nn.Module, variables: dict[str, Any]) -> Any:
         config["input_size"] = int(state[key].shape[1])
     dtype = getattr(torch, str(next(iter(state.values())).dtype))
     torch_module = getattr(torch.nn, name)(**config, dtype=dtype)
-    torch_module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
+    torch_module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     return torch_module.eval()

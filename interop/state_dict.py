@@ -174,6 +174,6 @@ def to_state_dict(variables: Mapping[str, Any], prefix: str = "") -> dict[str, n
     out = {}
     for path, value in traverse_util.flatten_dict(dict(variables["params"])).items():
         key, transposed = torch_key(path, prefix)
-        array = np.asarray(value)
+        array = np.array(value)  # a writable copy, so torch.from_numpy takes it without complaint
         out[key] = np.ascontiguousarray(array.T) if transposed else array
     return out
