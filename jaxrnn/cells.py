@@ -153,6 +153,14 @@ class _Cell(nn.Module):
 
     def step(self, weights: Weights, state: State, gx: Array) -> tuple[State, Array]:
         """One time step from the projected input ``gx`` ``(..., G*H)``; returns ``(state, h)``."""
+        return self.combine(gx, _project_hidden(weights, state[0]), state, weights["weight_hr"])
+
+    def combine(self, gx: Array, gh: Array, state: State, weight_hr: Array | None) -> tuple[State, Array]:
+        """The step after both projections: ``gx = W_ih x + b_ih``, ``gh = W_hh h + b_hh`` (each ``(..., G*H)``).
+
+        Elementwise except for LSTM's ``weight_hr`` projection; ``step`` is
+        ``combine(gx, W_hh h + b_hh, state, weight_hr)``.
+        """
         raise NotImplementedError
 
     def _weights(self, x: Array) -> Weights:
@@ -211,9 +219,8 @@ class RNNCell(_Cell):
             )
         super().__post_init__()
 
-    def step(self, weights: Weights, state: State, gx: Array) -> tuple[State, Array]:
-        (h,) = state
-        h = NONLINEARITIES[self.nonlinearity](gx + _project_hidden(weights, h))
+    def combine(self, gx: Array, gh: Array, state: State, weight_hr: Array | None) -> tuple[State, Array]:
+        h = NONLINEARITIES[self.nonlinearity](gx + gh)
         return (h,), h
 
     @nn.compact
@@ -243,13 +250,13 @@ class LSTMCell(_Cell):
     def output_size(self) -> int:
         return self.proj_size or self.hidden_size
 
-    def step(self, weights: Weights, state: State, gx: Array) -> tuple[State, Array]:
-        h, c = state
-        i, f, g, o = jnp.split(gx + _project_hidden(weights, h), 4, axis=-1)
+    def combine(self, gx: Array, gh: Array, state: State, weight_hr: Array | None) -> tuple[State, Array]:
+        _, c = state
+        i, f, g, o = jnp.split(gx + gh, 4, axis=-1)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
-        if weights["weight_hr"] is not None:
-            h = h @ weights["weight_hr"].T
+        if weight_hr is not None:
+            h = h @ weight_hr.T
         return (h, c), h
 
     @nn.compact
@@ -273,10 +280,10 @@ class GRUCell(_Cell):
 
     num_gates: ClassVar[int] = 3
 
-    def step(self, weights: Weights, state: State, gx: Array) -> tuple[State, Array]:
+    def combine(self, gx: Array, gh: Array, state: State, weight_hr: Array | None) -> tuple[State, Array]:
         (h,) = state
         x_r, x_z, x_n = jnp.split(gx, 3, axis=-1)
-        h_r, h_z, h_n = jnp.split(_project_hidden(weights, h), 3, axis=-1)
+        h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
         r = jax.nn.sigmoid(x_r + h_r)
         z = jax.nn.sigmoid(x_z + h_z)
         n = jnp.tanh(x_n + r * h_n)

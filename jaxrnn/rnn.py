@@ -54,7 +54,9 @@ class _StackedRecurrent(nn.Module):
     ``unroll`` (``nn.scan`` unroll) and ``hoist_input_projection`` (project the
     inputs of all steps in one matmul before the scan, as cuDNN does; off by
     default because on a 2-core CPU it measured 1.2-1.8x slower for LSTM/GRU at
-    hidden 256-512, see ``Recurrence``).
+    hidden 256-512, see ``Recurrence``); and ``fused_backward`` (a hand-written
+    backward pass with the weight gradients as large matmuls after the loop,
+    see ``Recurrence``).
     """
 
     input_size: int | None = None
@@ -67,6 +69,7 @@ class _StackedRecurrent(nn.Module):
     param_dtype: Any = dataclasses.field(default=jnp.float32, kw_only=True)
     unroll: int = dataclasses.field(default=1, kw_only=True)
     hoist_input_projection: bool = dataclasses.field(default=False, kw_only=True)
+    fused_backward: bool = dataclasses.field(default=False, kw_only=True)
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -160,6 +163,7 @@ class _StackedRecurrent(nn.Module):
                     reverse=direction == 1,
                     unroll=self.unroll,
                     hoist_input_projection=self.hoist_input_projection,
+                    fused_backward=self.fused_backward,
                     name=f"recurrence{suffix}",
                 )(weights, layer_input, tuple(s[layer * D + direction] for s in initial), mask)
                 finals.append(state)

@@ -17,6 +17,7 @@ RUNS = [
     (["word_prediction.py", "--steps", "3"], "'i like' ->"),
     (["padded_batch.py"], "largest difference vs torch pack_padded_sequence"),
     (["scratch_vs_library.py"], "the same numbers"),
+    (["benchmark.py", "--cells", "gru", "--sizes", "teach", "--repeats", "1"], "| gru | teach | grad | torch nn.GRU |"),
 ]
 
 

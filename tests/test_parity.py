@@ -39,6 +39,7 @@ def cases(draw, kind: str) -> dict:
         config["proj_size"] = draw(st.integers(0, hidden - 1))
     config["unroll"] = draw(st.sampled_from([1, 3]))
     config["hoist_input_projection"] = draw(st.booleans())
+    config["fused_backward"] = draw(st.booleans())
     length = draw(st.integers(1, 6))
     batch = draw(st.one_of(st.none(), st.integers(1, 4)))  # None: unbatched input
     lengths = None
@@ -67,7 +68,7 @@ def run_both(case: dict, dtype: str):
     kind, config = case["kind"], case["config"]
     rng = np.random.default_rng(case["seed"])
     torch.manual_seed(case["seed"])
-    jax_options = ("unroll", "hoist_input_projection")
+    jax_options = ("unroll", "hoist_input_projection", "fused_backward")
     torch_config = {k: v for k, v in config.items() if k not in jax_options}
     torch_module = getattr(torch.nn, kind)(**torch_config, dtype=getattr(torch, dtype))
 

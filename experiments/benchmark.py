@@ -1,0 +1,310 @@
+"""jit benchmark: jaxrnn vs flax's nn.RNN vs torch, forward and forward+backward, in one process.
+
+For each cell (RNN tanh, LSTM, GRU) and size, every variant is timed in
+interleaved rounds (A B C A B C ...) after warm-up, with block_until_ready,
+each sample long enough (an inner loop) to rise above timer noise. The table
+gives the median, the spread (min-max of the samples, % of the median), the
+ratio to torch, the achieved GFLOP/s and the fraction of this machine's float32
+matmul peak, measured in the same process with a large GEMM.
+
+    python experiments/benchmark.py --quick                # under a minute
+    python experiments/benchmark.py --out benchmark.json   # the full table
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxrnn
+
+# -- config ----------------------------------------------------------------------------------
+SIZES = {  # name: (batch, seq_len, input, hidden, num_layers, bidirectional, with seq_lengths)
+    "teach": (1, 35, 37, 37, 1, False, False),
+    "b32-h256": (32, 100, 64, 256, 1, False, False),
+    "b64-h512": (64, 200, 128, 512, 1, False, False),
+    "bi2-lengths": (32, 100, 64, 256, 2, True, True),
+}
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+FLAX_CELLS = {"rnn": ["SimpleCell"], "lstm": ["LSTMCell", "OptimizedLSTMCell"], "gru": ["GRUCell"]}
+MIN_SAMPLE_S = 0.02  # each timed sample runs the function enough times to last this long
+
+
+@dataclass
+class Variant:
+    name: str
+    fn: object  # () -> result, already warmed up
+    block: object  # result -> None, waits for completion
+    compile_s: float | None = None
+
+
+def forward_flops(batch, seq_len, inp, hidden, layers, bidirectional, gates) -> float:
+    """Multiply-adds of the input and recurrent matmuls, times two (padding counted: it is computed)."""
+    D = 2 if bidirectional else 1
+    flops = 0.0
+    for layer in range(layers):
+        layer_in = inp if layer == 0 else D * hidden
+        flops += D * seq_len * 2 * batch * gates * hidden * (layer_in + hidden)
+    return flops
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(jnp.dot)
+    f(a, b).block_until_ready()
+    best = min(_timeit(lambda: f(a, b).block_until_ready()) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timeit(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def _jax_variant(name, apply, params, args, mode, compile_times) -> Variant:
+    """jit(forward) or jit(grad of sum(output)) w.r.t. all parameters; compile time measured."""
+    if mode == "fwd":
+        fn = lambda p, *a: apply(p, *a)  # noqa: E731
+    else:
+        fn = jax.grad(lambda p, *a: jnp.sum(apply(p, *a)))
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(params, *args).compile()
+    compile_s = time.perf_counter() - start
+    compile_times[(name, mode)] = compile_s
+    return Variant(name, lambda: compiled(params, *args), jax.block_until_ready, compile_s)
+
+
+def jax_variants(cell, size, mode, rng, compile_times, quick):
+    batch, seq_len, inp, hidden, layers, bidirectional, with_lengths = SIZES[size]
+    x = jnp.asarray(rng.standard_normal((seq_len, batch, inp)), jnp.float32)  # time-major, like torch's default
+    lengths = jnp.asarray(rng.integers(seq_len // 2, seq_len + 1, batch), jnp.int32) if with_lengths else None
+    args = (x,) if lengths is None else (x, lengths)
+    variants = []
+    # (unroll, hoist_input_projection, fused_backward); the forward of fused equals the plain one.
+    options = [(1, False, False), (1, False, True)]
+    if not quick:
+        options += [(1, True, False), (1, True, True), (4, False, True)]
+    if mode == "fwd":
+        options = [o for o in options if not o[2]]
+    for unroll, hoist, fused in options:
+        module = jaxrnn.recurrent_layer(
+            cell,
+            hidden_size=hidden,
+            num_layers=layers,
+            bidirectional=bidirectional,
+            unroll=unroll,
+            hoist_input_projection=hoist,
+            fused_backward=fused,
+        )
+        params = module.init(jax.random.key(0), x)
+
+        def apply(p, x, lengths=None, module=module):
+            return module.apply(p, x, seq_lengths=lengths)[0]
+
+        name = f"jaxrnn unroll={unroll}" + (" hoisted" if hoist else "") + (" fused" if fused else "")
+        variants.append(_jax_variant(name, apply, params, args, mode, compile_times))
+
+    for cell_name in FLAX_CELLS[cell]:
+        model = FlaxStack(cell_name, hidden, layers, bidirectional)
+        params = model.init(jax.random.key(0), *args)
+        variants.append(_jax_variant(f"flax nn.RNN({cell_name})", model.apply, params, args, mode, compile_times))
+    return variants
+
+
+class FlaxStack(nn.Module):
+    """flax's own nn.RNN (or nn.Bidirectional) with a built-in cell, stacked ``layers`` deep."""
+
+    cell_name: str
+    hidden: int
+    layers: int
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(self, x, lengths=None):
+        cell_class = getattr(nn, self.cell_name)
+        for _ in range(self.layers):
+            forward = nn.RNN(cell_class(self.hidden), time_major=True)
+            if self.bidirectional:
+                backward = nn.RNN(cell_class(self.hidden), time_major=True)
+                x = nn.Bidirectional(forward, backward, time_major=True)(x, seq_lengths=lengths)
+            else:
+                x = forward(x, seq_lengths=lengths)
+        return x
+
+
+def torch_variant(cell, size, mode, rng):
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    batch, seq_len, inp, hidden, layers, bidirectional, with_lengths = SIZES[size]
+    module = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](
+        inp, hidden, num_layers=layers, bidirectional=bidirectional
+    )
+    x = torch.tensor(rng.standard_normal((seq_len, batch, inp)), dtype=torch.float32)
+    lengths = torch.tensor(rng.integers(seq_len // 2, seq_len + 1, batch)) if with_lengths else None
+
+    def run():
+        inputs = x
+        if lengths is not None:
+            inputs = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        out, _ = module(inputs)
+        if lengths is not None:
+            out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=seq_len)
+        return out
+
+    if mode == "fwd":
+
+        def fn():
+            with torch.no_grad():
+                return run()
+    else:
+
+        def fn():
+            module.zero_grad(set_to_none=True)
+            run().sum().backward()
+
+    return Variant(f"torch nn.{cell.upper()}", fn, lambda _: None)
+
+
+def measure(variants, repeats):
+    """Interleaved timing; returns {name: [seconds per call, ...]}."""
+    inner = {}
+    for v in variants:  # warm up, then pick an inner loop count so one sample lasts >= MIN_SAMPLE_S
+        for _ in range(2):
+            v.block(v.fn())
+        once = _timeit(lambda v=v: v.block(v.fn()))
+        inner[v.name] = max(1, int(MIN_SAMPLE_S / max(once, 1e-7)))
+    samples = {v.name: [] for v in variants}
+    for _ in range(repeats):
+        for v in variants:
+            n = inner[v.name]
+
+            def loop(v=v, n=n):
+                for _ in range(n):
+                    result = v.fn()
+                v.block(result)
+
+            samples[v.name].append(_timeit(loop) / n)
+    return samples
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cells", default="rnn,lstm,gru")
+    p.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated, from {list(SIZES)}")
+    p.add_argument("--modes", default="fwd,grad", help="fwd (forward) and/or grad (forward+backward)")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--quick", action="store_true", help="teaching and b32-h256 sizes, default variants, 3 repeats")
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--out", help="write all samples and the table as JSON here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.repeats = "teach,b32-h256", 3
+    cells, sizes, modes = args.cells.split(","), args.sizes.split(","), args.modes.split(",")
+    for name, allowed in (("cell", GATES), ("size", SIZES), ("mode", ("fwd", "grad"))):
+        chosen = {"cell": cells, "size": sizes, "mode": modes}[name]
+        bad = [c for c in chosen if c not in allowed]
+        if bad:
+            p.error(f"unknown {name} {bad}; choose from {list(allowed)}")
+    have_torch = not args.no_torch
+    if have_torch:
+        try:
+            import torch
+        except ImportError:
+            print("torch is not installed: torch columns skipped")
+            have_torch = False
+
+    peak = matmul_peak_gflops()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}"
+    if have_torch:
+        machine += f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    print(f"machine: {machine}")
+    print(f"float32 matmul peak (2048^3 GEMM in jax): {peak:.0f} GFLOP/s\n")
+
+    rng = np.random.default_rng(0)
+    rows, compile_times = [], {}
+    for cell in cells:
+        for size in sizes:
+            batch, seq_len, inp, hidden, layers, bidirectional, _ = SIZES[size]
+            flops = forward_flops(batch, seq_len, inp, hidden, layers, bidirectional, GATES[cell])
+            for mode in modes:
+                variants = jax_variants(cell, size, mode, rng, compile_times, args.quick)
+                if have_torch:
+                    variants.append(torch_variant(cell, size, mode, rng))
+                samples = measure(variants, args.repeats)
+                torch_median = statistics.median(samples[variants[-1].name]) if have_torch else None
+                mode_flops = flops * (1 if mode == "fwd" else 3)
+                for v in variants:
+                    s = samples[v.name]
+                    median = statistics.median(s)
+                    rows.append(
+                        {
+                            "cell": cell,
+                            "size": size,
+                            "mode": mode,
+                            "variant": v.name,
+                            "median_ms": median * 1e3,
+                            "spread_pct": (max(s) - min(s)) / median * 100,
+                            "vs_torch": median / torch_median if torch_median else None,
+                            "gflops": mode_flops / median / 1e9,
+                            "peak_frac": mode_flops / median / 1e9 / peak,
+                            "compile_s": v.compile_s,
+                            "samples_s": s,
+                        }
+                    )
+                print_rows([r for r in rows if (r["cell"], r["size"], r["mode"]) == (cell, size, mode)])
+
+    train_compile = lstm_train_step_compile_time()
+    print(f"\ncompile time (trace + compile) of a 2-layer LSTM language-model train step: {train_compile:.2f} s")
+    print("\n## Summary (all rows)\n")
+    print_rows(rows, header=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(
+                {"machine": machine, "peak_gflops": peak, "train_step_compile_s": train_compile, "rows": rows},
+                f,
+                indent=1,
+            )
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+def lstm_train_step_compile_time() -> float:
+    model = jaxrnn.SequenceModel(vocab_size=65, hidden_size=256, cell="lstm", num_layers=2, embedding_size=64)
+    batch = {"inputs": jnp.zeros((32, 100), jnp.int32), "targets": jnp.zeros((32, 100), jnp.int32)}
+    params = model.init(jax.random.key(0), batch["inputs"])["params"]
+    optimizer = jaxrnn.make_optimizer("adam", 1e-3, clip_norm=1.0)
+    state = jaxrnn.init_train_state(params, optimizer)
+    step = jaxrnn.make_train_step(jaxrnn.cross_entropy_loss(model), optimizer)
+    start = time.perf_counter()
+    step.lower(state, batch, None).compile()
+    return time.perf_counter() - start
+
+
+def print_rows(rows, header=True):
+    if header:
+        print("| cell | size | mode | variant | median ms | spread | vs torch | GFLOP/s | % peak | compile s |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        vs = f"{r['vs_torch']:.2f}x" if r["vs_torch"] is not None else "-"
+        comp = f"{r['compile_s']:.2f}" if r["compile_s"] is not None else "-"
+        print(
+            f"| {r['cell']} | {r['size']} | {r['mode']} | {r['variant']} | {r['median_ms']:.3f} | "
+            f"{r['spread_pct']:.0f}% | {vs} | {r['gflops']:.1f} | {r['peak_frac'] * 100:.0f}% | {comp} |"
+        )
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
