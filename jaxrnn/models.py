@@ -41,15 +41,25 @@ class _Recurrent(nn.Module):
     bidirectional: bool = False
     nonlinearity: str = "tanh"
 
-    def _encode(self, ids: Array, state: Any, seq_lengths: Array | None, deterministic: bool) -> tuple[Array, Any]:
-        """ids ``(N, L)`` -> (outputs ``(N, L, D*H)``, final state)."""
+    def zero_state(self, batch_size: int, dtype: Any = jnp.float32) -> Any:
+        """The all-zero recurrent state for ``batch_size`` streams (``h``, or ``(h, c)`` for LSTM)."""
+        D = 2 if self.bidirectional else 1
+        h = jnp.zeros((D * self.num_layers, batch_size, self.hidden_size), dtype)
+        return (h, h) if self.cell == "lstm" else h
+
+    def _encode(
+        self, ids: Array, state: Any, seq_lengths: Array | None, deterministic: bool
+    ) -> tuple[Array, Any, nn.Embed | None]:
+        """ids ``(N, L)`` -> (outputs ``(N, L, D*H)``, final state, the embedding module or None)."""
         ids = jnp.asarray(ids)
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise TypeError(f"{type(self).__name__}: expected integer token ids, got dtype {ids.dtype}.")
+        embed = None
         if self.embedding_size is None:
             x = jax.nn.one_hot(ids, self.vocab_size)
         else:
-            x = nn.Embed(self.vocab_size, self.embedding_size, name="embed")(ids)
+            embed = nn.Embed(self.vocab_size, self.embedding_size, name="embed")
+            x = embed(ids)
         if self.dropout > 0:
             x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
         options = {"nonlinearity": self.nonlinearity} if self.cell == "rnn" else {}
@@ -66,7 +76,7 @@ class _Recurrent(nn.Module):
         out, state = rnn(x, state, seq_lengths=seq_lengths, deterministic=deterministic)
         if self.dropout > 0:
             out = nn.Dropout(self.dropout)(out, deterministic=deterministic)
-        return out, state
+        return out, state, embed
 
 
 class SequenceModel(_Recurrent):
@@ -76,13 +86,31 @@ class SequenceModel(_Recurrent):
     for LSTM); pass it back as ``state`` to continue a stream (truncated BPTT,
     generation). Call: ``model.apply(variables, ids, state=None,
     seq_lengths=None, deterministic=True)``.
+
+    ``tie_weights=True`` shares the embedding matrix with the output layer
+    (Press & Wolf 2017; Inan et al. 2017): ``logits = out @ embed.T + fc_bias``.
+    It needs ``embedding_size == hidden_size`` and a unidirectional stack.
     """
+
+    tie_weights: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tie_weights and (self.embedding_size != self.hidden_size or self.bidirectional):
+            raise ValueError(
+                "SequenceModel: tie_weights needs embedding_size == hidden_size and bidirectional=False, got "
+                f"embedding_size={self.embedding_size}, hidden_size={self.hidden_size}, "
+                f"bidirectional={self.bidirectional}."
+            )
+        super().__post_init__()
 
     @nn.compact
     def __call__(
         self, ids: Array, state: Any = None, seq_lengths: Array | None = None, deterministic: bool = True
     ) -> tuple[Array, Any]:
-        out, state = self._encode(ids, state, seq_lengths, deterministic)
+        out, state, embed = self._encode(ids, state, seq_lengths, deterministic)
+        if self.tie_weights:
+            bias = self.param("fc_bias", nn.initializers.zeros_init(), (self.vocab_size,))
+            return embed.attend(out) + bias, state
         return nn.Dense(self.vocab_size, name="fc")(out), state
 
 
@@ -97,7 +125,7 @@ class Classifier(_Recurrent):
 
     @nn.compact
     def __call__(self, ids: Array, seq_lengths: Array | None = None, deterministic: bool = True) -> Array:
-        _, state = self._encode(ids, None, seq_lengths, deterministic)
+        _, state, _ = self._encode(ids, None, seq_lengths, deterministic)
         h_n = state[0] if isinstance(state, tuple) else state  # (D*num_layers, N, H)
         D = 2 if self.bidirectional else 1
         last = jnp.concatenate(list(h_n[-D:]), axis=-1)  # (N, D*H)
@@ -114,5 +142,5 @@ class Tagger(_Recurrent):
 
     @nn.compact
     def __call__(self, ids: Array, seq_lengths: Array | None = None, deterministic: bool = True) -> Array:
-        out, _ = self._encode(ids, None, seq_lengths, deterministic)
+        out, _, _ = self._encode(ids, None, seq_lengths, deterministic)
         return nn.Dense(self.num_tags, name="fc")(out)

@@ -21,6 +21,39 @@ RUNS = [
 ]
 
 
+DATA = ROOT.parent / "shared" / "data"  # the real corpora, beside the checkout (as in CI)
+LM_RUNS = [
+    (["ptb.py", "--smoke"], "test perplexity"),
+    (["shakespeare.py", "--smoke"], "--- sample (temperature 0.8) ---"),
+]
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"no corpora at {DATA}")
+@pytest.mark.parametrize("argv, expected", LM_RUNS, ids=[" ".join(a) for a, _ in LM_RUNS])
+def test_language_model_smoke_runs(argv, expected, tmp_path):
+    script, *args = argv
+    command = [
+        sys.executable,
+        str(ROOT / "experiments" / script),
+        *args,
+        "--data-dir",
+        str(DATA),
+        "--out",
+        str(tmp_path),
+    ]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert expected in run.stdout, run.stdout[-2000:]
+    assert (tmp_path / "metrics.json").exists() and (tmp_path / "loss.png").exists()
+
+
+def test_language_model_scripts_report_missing_data(tmp_path):
+    for script in ("ptb.py", "shakespeare.py"):
+        command = [sys.executable, str(ROOT / "experiments" / script), "--smoke", "--data-dir", str(tmp_path)]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 1 and "does not exist" in run.stderr and "Traceback" not in run.stderr
+
+
 @pytest.mark.parametrize("argv, expected", RUNS, ids=[" ".join(a) for a, _ in RUNS])
 def test_experiment_runs(argv, expected):
     script, *args = argv

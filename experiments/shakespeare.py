@@ -1,0 +1,120 @@
+"""Character-level LSTM language model on tiny-shakespeare, trained with truncated BPTT.
+
+    python experiments/shakespeare.py                       # train (default config), then print a sample
+    python experiments/shakespeare.py --sample-only --prompt "ROMEO:"   # sample from the trained model
+    python experiments/shakespeare.py --resume              # continue a killed run
+    python experiments/shakespeare.py --smoke               # a few steps, to check that everything runs
+
+Split: first 90% train, last 10% validation (nanoGPT's split; its character
+transformer reaches 1.47 nats/char). Data: tinyshakespeare.txt from --data-dir,
+else $JAXRNN_DATA, else ~/.cache/jaxrnn (jaxrnn.corpora.download('tinyshakespeare')).
+"""
+
+import argparse
+import dataclasses
+import sys
+
+import jax
+import jax.numpy as jnp
+
+import jaxrnn
+from jaxrnn.checkpoint import restore_training_state, save_training_state
+from jaxrnn.corpora import load_shakespeare
+from jaxrnn.lm import LMConfig, init_params, make_model, train_language_model
+
+# -- config ----------------------------------------------------------------------------------
+CONFIG = LMConfig(
+    cell="lstm",
+    num_layers=2,
+    hidden_size=512,
+    embedding_size=128,
+    dropout=0.2,
+    optimizer="adam",
+    lr=2e-3,
+    lr_decay=0.85,
+    decay_after=2,
+    clip_norm=5.0,
+    init_scale=None,
+    epochs=8,
+    batch_size=64,
+    bptt=100,
+    eval_batch_size=64,
+    seed=0,
+)
+PROMPT, SAMPLE_LENGTH, TEMPERATURE = "ROMEO:\n", 500, 0.8
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", help="folder holding tinyshakespeare.txt")
+    p.add_argument("--out", default="runs/shakespeare", help="output folder")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--smoke", action="store_true", help="2 epochs of 3 steps, small model")
+    p.add_argument("--sample-only", action="store_true", help="load params.msgpack from --out and sample")
+    p.add_argument("--prompt", default=PROMPT)
+    p.add_argument("--length", type=int, default=SAMPLE_LENGTH)
+    p.add_argument("--temperature", type=float, default=TEMPERATURE)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--hidden-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    args = p.parse_args(argv)
+
+    overrides = {
+        k: v
+        for k, v in (("epochs", args.epochs), ("hidden_size", args.hidden_size), ("seed", args.seed))
+        if v is not None
+    }
+    if args.smoke:
+        overrides = {"epochs": 2, "max_steps_per_epoch": 3, "hidden_size": 64, "batch_size": 8, "bptt": 20, **overrides}
+    config = dataclasses.replace(CONFIG, **overrides)
+    try:
+        vocab, train, valid = load_shakespeare(args.data_dir)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    if args.smoke:
+        valid = valid[:5000]
+    model = make_model(config, len(vocab))
+    params_path = f"{args.out}/params.msgpack"
+
+    if args.sample_only:
+        params = restore_training_state(params_path, init_params(config, model, jax.random.key(0)))
+    else:
+        print(f"tiny-shakespeare: vocabulary {len(vocab)}, train {len(train):,} characters, valid {len(valid):,}")
+        print(f"config: {config}")
+        metrics = train_language_model(
+            config,
+            len(vocab),
+            train,
+            valid,
+            None,
+            args.out,
+            resume=args.resume,
+            checkpoint_every=args.checkpoint_every,
+            unit="char",
+        )
+        params = metrics["params"]
+        save_training_state(params_path, params)
+        print(
+            f"\nvalidation loss {metrics['valid_loss']:.4f} nats/char "
+            f"({metrics['valid_bits_per_char']:.3f} bits/char); "
+            f"{metrics['wall_time_s']:.0f} s training, {metrics['train_tokens_per_s']:,.0f} characters/s"
+        )
+
+    missing = sorted(set(args.prompt) - set(vocab.tokens))
+    if missing:
+        sys.exit(f"error: the prompt has characters outside the vocabulary: {missing}")
+    generated = jaxrnn.generate(
+        model,
+        {"params": params},
+        jnp.asarray(vocab.encode(args.prompt)),
+        args.length,
+        jax.random.key(config.seed),
+        temperature=args.temperature,
+    )
+    print(f"\n--- sample (temperature {args.temperature}) ---\n{args.prompt}{vocab.decode(generated)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
