@@ -39,7 +39,7 @@ from jaxrnn.cells import (
     check_input_size,
     declare_weights,
 )
-from jaxrnn.padding import check_seq_lengths
+from jaxrnn.padding import check_seq_lengths, lengths_to_mask
 from jaxrnn.recurrence import Recurrence
 
 Array = jax.Array
@@ -140,7 +140,7 @@ class _StackedRecurrent(nn.Module):
         mask = None
         if seq_lengths is not None:
             lengths = check_seq_lengths(name, seq_lengths, batch, length)
-            mask = jnp.arange(length)[:, None] < lengths[None, :]  # (L, N)
+            mask = lengths_to_mask(lengths, length, batch_first=False)  # (L, N)
 
         layer_input = x
         finals: list[State] = []
