@@ -12,6 +12,7 @@
 from jaxrnn.cells import GRUCell, LSTMCell, RNNCell
 from jaxrnn.data import Vocab, bptt_batches, contiguous_streams, num_bptt_batches, sliding_windows
 from jaxrnn.generate import generate
+from jaxrnn.inspect import step_states
 from jaxrnn.models import Classifier, SequenceModel, Tagger, recurrent_layer
 from jaxrnn.padding import lengths_to_mask, pad_sequence
 from jaxrnn.recurrence import Recurrence
@@ -56,6 +57,7 @@ __all__ = [
     "cross_entropy_loss",
     "fit",
     "generate",
+    "step_states",
     "init_train_state",
     "make_eval_step",
     "make_optimizer",

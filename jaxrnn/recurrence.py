@@ -44,6 +44,9 @@ class Recurrence(nn.Module):
         gradients are then computed for all steps at once as large matmuls, as
         cuDNN does. Reverse-mode only (``jax.grad``/``vjp``, not ``jvp``).
         Otherwise the forward loop is ``nn.scan`` and JAX derives the backward.
+      record_states: also store every step's state (``h``, and ``c`` for LSTM),
+        each ``(L, N, ·)``, with ``self.sow('intermediates', 'states', ...)``. On
+        padded steps that is the carried, unchanged state.
 
     Call ``(weights, x, state, mask) -> (state, outputs)``:
       weights: the cell's arrays from :func:`jaxrnn.cells.declare_weights`.
@@ -61,19 +64,20 @@ class Recurrence(nn.Module):
     unroll: int = 1
     hoist_input_projection: bool = False
     fused_backward: bool = False
+    record_states: bool = False
 
     @nn.compact
     def __call__(self, weights: Weights, x: Array, state: State, mask: Array | None) -> tuple[State, Array]:
-        if self.fused_backward:
+        if self.fused_backward and not self.record_states:
             scan = _fused_scan(self.cell, self.reverse, self.unroll, self.hoist_input_projection)
             return scan(weights, x, state, mask)
-        cell, hoisted = self.cell, self.hoist_input_projection
+        cell, hoisted, record = self.cell, self.hoist_input_projection, self.record_states
 
-        def body(_: nn.Module, state: State, inputs: tuple, weights: Weights) -> tuple[State, Array]:
+        def body(_: nn.Module, state: State, inputs: tuple, weights: Weights) -> tuple[State, Any]:
             x_t, valid_t = inputs  # x_t is already projected when hoisted
             gx_t = x_t if hoisted else project_input(weights, x_t)
-            new_state, h = cell.step(weights, state, gx_t)
-            return _mask_step(valid_t, new_state, h, state)
+            new_state, h = _mask_step(valid_t, *cell.step(weights, state, gx_t), state)
+            return new_state, ((h, new_state) if record else h)
 
         scan: Any = nn.scan(
             body,
@@ -85,7 +89,12 @@ class Recurrence(nn.Module):
             unroll=self.unroll,
         )
         xs = project_input(weights, x) if hoisted else x
-        return scan(self, state, (xs, mask), weights)
+        final, ys = scan(self, state, (xs, mask), weights)
+        if not record:
+            return final, ys
+        outputs, states = ys
+        self.sow("intermediates", "states", states)
+        return final, outputs
 
 
 def _fused_scan(cell: _Cell, reverse: bool, unroll: int, hoisted: bool):

@@ -56,7 +56,8 @@ class _StackedRecurrent(nn.Module):
     default because on a 2-core CPU it measured 1.2-1.8x slower for LSTM/GRU at
     hidden 256-512, see ``Recurrence``); and ``fused_backward`` (a hand-written
     backward pass with the weight gradients as large matmuls after the loop,
-    see ``Recurrence``).
+    see ``Recurrence``); and ``record_states`` (store every step's states, for
+    :func:`jaxrnn.step_states`).
     """
 
     input_size: int | None = None
@@ -70,6 +71,7 @@ class _StackedRecurrent(nn.Module):
     unroll: int = dataclasses.field(default=1, kw_only=True)
     hoist_input_projection: bool = dataclasses.field(default=False, kw_only=True)
     fused_backward: bool = dataclasses.field(default=False, kw_only=True)
+    record_states: bool = dataclasses.field(default=False, kw_only=True)
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -164,6 +166,7 @@ class _StackedRecurrent(nn.Module):
                     unroll=self.unroll,
                     hoist_input_projection=self.hoist_input_projection,
                     fused_backward=self.fused_backward,
+                    record_states=self.record_states,
                     name=f"recurrence{suffix}",
                 )(weights, layer_input, tuple(s[layer * D + direction] for s in initial), mask)
                 finals.append(state)

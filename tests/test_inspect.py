@@ -1,0 +1,36 @@
+"""step_states: every layer's state at every step, consistent with what the layer returns."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxrnn
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_states_agree_with_outputs_and_final_state(kind, batch_first):
+    kw = {"proj_size": 3} if kind == "LSTM" else {}
+    module = getattr(jaxrnn, kind)(4, 5, num_layers=2, bidirectional=True, batch_first=batch_first, **kw)
+    x = jax.random.normal(jax.random.key(0), (3, 6, 4) if batch_first else (6, 3, 4))
+    lengths = jnp.array([6, 2, 4])
+    variables = module.init(jax.random.key(1), x)
+    states = jaxrnn.step_states(module, variables, x, seq_lengths=lengths)
+    output, final = module.apply(variables, x, seq_lengths=lengths)
+    P = 3 if kind == "LSTM" else 5
+    assert states["h"].shape == (2, 2, 6, 3, P)
+    if kind == "LSTM":
+        assert states["c"].shape == (2, 2, 6, 3, 5)
+    np.testing.assert_array_equal(states["output"], output)
+    time_major = jnp.swapaxes(output, 0, 1) if batch_first else output  # (L, N, 2P)
+    mask = jaxrnn.lengths_to_mask(lengths, 6, batch_first=False)[..., None]
+    top = states["h"][-1]  # last layer: (D, L, N, P)
+    np.testing.assert_allclose(jnp.where(mask, jnp.concatenate([top[0], top[1]], -1), 0), time_major, atol=1e-6)
+    h_n = final[0] if kind == "LSTM" else final
+    for n, length in enumerate([6, 2, 4]):
+        np.testing.assert_allclose(states["h"][:, 0, length - 1, n], h_n[0::2, n], atol=1e-6)  # forward: last valid
+        np.testing.assert_allclose(states["h"][:, 1, 0, n], h_n[1::2, n], atol=1e-6)  # reverse: ends at t = 0
+    # the fused backward path records the same states
+    fused = module.clone(fused_backward=True)
+    np.testing.assert_array_equal(jaxrnn.step_states(fused, variables, x, seq_lengths=lengths)["h"], states["h"])
