@@ -17,6 +17,7 @@ RUNS = [
     (["word_prediction.py", "--steps", "3"], "'i like' ->"),
     (["padded_batch.py"], "largest difference vs torch pack_padded_sequence"),
     (["scratch_vs_library.py"], "the same numbers"),
+    (["gradient_flow.py", "--smoke", "--out", "/tmp/jaxrnn-gradient-flow-smoke"], "dh_3/dh_1: jax.grad"),
     (["benchmark.py", "--cells", "gru", "--sizes", "teach", "--repeats", "1"], "| gru | teach | grad | torch nn.GRU |"),
 ]
 
@@ -69,3 +70,15 @@ def test_experiment_runs(argv, expected):
 def test_experiment_help(script):
     run = subprocess.run([sys.executable, str(ROOT / "experiments" / script), "--help"], capture_output=True, text=True)
     assert run.returncode == 0 and "usage" in run.stdout.lower(), run.stderr
+
+
+def test_scalar_toy_gradient_equals_closed_form():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gradient_flow", ROOT / "experiments" / "gradient_flow.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for w_hh in (0.5, 1.0, 3.0):
+        toy = module.scalar_toy(w_hh)
+        assert toy["dh3_dh1_grad"] == pytest.approx(toy["dh3_dh1_closed_form"], rel=1e-5, abs=1e-9)
+        assert len(toy["h"]) == 3

@@ -1,0 +1,233 @@
+"""Gradient flow through time: why vanilla RNNs forget, measured.
+
+1. The course's scalar RNN, h_t = tanh(w_xh x_t + w_hh h_{t-1} + b) with w_hh = 3,
+   w_xh = 2, b = 1: h_1..h_3 and dh_3/dh_1 by jax.grad next to the closed form
+   w_hh^2 tanh'(a_2) tanh'(a_3), and how that factor changes with w_hh.
+2. For RNN, LSTM and GRU, untrained and trained on a recall task (see a symbol,
+   wait k steps, name it), the norm of dL/dh_t against the distance T - t,
+   averaged over a batch: one log-scale plot. And recall accuracy against k.
+3. Gradient clipping on an exploding configuration: loss with and without
+   optax.clip_by_global_norm.
+
+    python experiments/gradient_flow.py [--out runs/gradient_flow] [--smoke]
+
+Writes gradient_norms.png, recall_accuracy.png, clipping.png and results.json.
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+import optax
+
+import jaxrnn
+from jaxrnn.cells import project_input
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# -- config ----------------------------------------------------------------------------------
+W_HH, W_XH, B, X = 3.0, 2.0, 1.0, (0.5, -0.5, 0.25)  # the scalar toy; X is the input sequence x_1..x_3
+CELLS = ("rnn", "lstm", "gru")
+SYMBOLS, HIDDEN, BATCH = 4, 32, 64
+DELAYS = (5, 10, 20, 40)  # k: steps between the symbol and the question
+TRAIN_DELAY, STEPS, LR, SEED = 20, 400, 5e-3, 0
+DISTANCES = (1, 10, 50, 100)  # reported in results.json
+GRAD_LENGTH = 101  # sequence length for the gradient-norm measurement (distance up to 100)
+
+
+# -- 1. the scalar toy ----------------------------------------------------------------------------
+def scalar_toy(w_hh: float) -> dict:
+    def run(h1, xs):
+        h, hs = h1, [h1]
+        for x in xs:
+            h = jnp.tanh(W_XH * x + w_hh * h + B)
+            hs.append(h)
+        return hs
+
+    h1 = jnp.tanh(W_XH * X[0] + w_hh * 0.0 + B)
+    hs = run(h1, X[1:])
+    autodiff = float(jax.grad(lambda h: run(h, X[1:])[-1])(h1))
+    closed = w_hh * (1 - float(hs[1]) ** 2) * w_hh * (1 - float(hs[2]) ** 2)  # w_hh tanh'(a_2) * w_hh tanh'(a_3)
+    return {"w_hh": w_hh, "h": [float(h) for h in hs], "dh3_dh1_grad": autodiff, "dh3_dh1_closed_form": closed}
+
+
+# -- 2. recall task and gradient norms ---------------------------------------------------------------
+def recall_batch(key, batch: int, delay: int):
+    """A symbol at t=0, `delay` blank steps, then a query token; the answer is the symbol."""
+    symbols = jax.random.randint(key, (batch,), 0, SYMBOLS)
+    blank, query = SYMBOLS, SYMBOLS + 1
+    ids = jnp.full((batch, delay + 2), blank).at[:, 0].set(symbols).at[:, -1].set(query)
+    return ids, symbols
+
+
+def make_model(cell: str) -> jaxrnn.Classifier:
+    return jaxrnn.Classifier(vocab_size=SYMBOLS + 2, hidden_size=HIDDEN, cell=cell, num_classes=SYMBOLS)
+
+
+def train_recall(cell: str, delay: int, steps: int, key) -> tuple[dict, float]:
+    model = make_model(cell)
+    init_key, data_key = jax.random.split(key)
+    ids, _ = recall_batch(data_key, BATCH, delay)
+    params = model.init(init_key, ids)["params"]
+    optimizer = jaxrnn.make_optimizer("adam", LR, clip_norm=1.0)
+    step = jaxrnn.make_train_step(jaxrnn.cross_entropy_loss(model), optimizer)
+    state = jaxrnn.init_train_state(params, optimizer)
+    for i in range(steps):
+        ids, symbols = recall_batch(jax.random.fold_in(data_key, i), BATCH, delay)
+        state, _, _ = step(state, {"inputs": ids, "targets": symbols}, None)
+    ids, symbols = recall_batch(jax.random.fold_in(data_key, 10**6), 512, delay)
+    logits = model.apply({"params": state.params}, ids)
+    return state.params, float(jnp.mean(jnp.argmax(logits, -1) == symbols))
+
+
+def hidden_gradient_norms(cell: str, params: dict, length: int, key) -> np.ndarray:
+    """||dL/dh_t||, averaged over a batch, for t = 0..length-1 (L at the last step), via the library's cell step.
+
+    The layer's recurrence is re-run step by step with a zero perturbation added
+    to each h_t; the gradient with respect to that perturbation is dL/dh_t.
+    """
+    layer_cell = jaxrnn.recurrent_layer(cell, hidden_size=HIDDEN).make_cell()
+    weights = {
+        name: params["rnn"].get(f"{name}_l0") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+    }
+    ids, symbols = recall_batch(key, 256, length - 2)
+    x = params["embed"]["embedding"][ids] if "embed" in params else jax.nn.one_hot(ids, SYMBOLS + 2)
+    gx = project_input(weights, jnp.swapaxes(x, 0, 1))  # (L, N, G*H)
+
+    def loss(perturbations):
+        state = layer_cell.zero_state((ids.shape[0],), jnp.float32)
+
+        def body(state, inputs):
+            gx_t, eps_t = inputs
+            state, h = layer_cell.step(weights, state, gx_t)
+            state = (state[0] + eps_t,) + state[1:]
+            return state, None
+
+        state, _ = jax.lax.scan(body, state, (gx, perturbations))
+        logits = state[0] @ params["fc"]["kernel"] + params["fc"]["bias"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, symbols).mean()
+
+    grads = jax.grad(loss)(jnp.zeros((length, ids.shape[0], HIDDEN)))  # (L, N, H)
+    return np.asarray(jnp.linalg.norm(grads, axis=-1).mean(axis=1))
+
+
+# -- 3. clipping -------------------------------------------------------------------------------------
+def clipping_curves(steps: int, key) -> dict:
+    """A tanh RNN with large recurrent weights (scaled x4) on the recall task, SGD with and without clipping."""
+    model = make_model("rnn")
+    ids, _ = recall_batch(key, BATCH, 30)
+    params = model.init(key, ids)["params"]
+    params["rnn"]["weight_hh_l0"] = params["rnn"]["weight_hh_l0"] * 4 * np.sqrt(HIDDEN) / 2
+    curves = {}
+    for name, clip in (("no clipping", None), ("clip_by_global_norm(1.0)", 1.0)):
+        optimizer = jaxrnn.make_optimizer("sgd", 0.5, clip_norm=clip)
+        step = jaxrnn.make_train_step(jaxrnn.cross_entropy_loss(model), optimizer)
+        state, losses = jaxrnn.init_train_state(params, optimizer), []
+        for i in range(steps):
+            batch_ids, symbols = recall_batch(jax.random.fold_in(key, i), BATCH, 30)
+            state, loss, _ = step(state, {"inputs": batch_ids, "targets": symbols}, None)
+            losses.append(float(loss))
+        curves[name] = losses
+    return curves
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/gradient_flow")
+    p.add_argument("--steps", type=int, default=STEPS, help="training steps per recall model")
+    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--smoke", action="store_true", help="tiny budget, to check that everything runs")
+    args = p.parse_args(argv)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = 5 if args.smoke else args.steps
+    delays = DELAYS[:2] if args.smoke else DELAYS
+    grad_length = 21 if args.smoke else GRAD_LENGTH
+    key = jax.random.key(args.seed)
+    results: dict = {}
+
+    print(f"1. scalar RNN h_t = tanh(2 x_t + w_hh h_(t-1) + 1), x = {X}")
+    results["scalar_toy"] = [scalar_toy(w) for w in (0.5, 1.0, 2.0, W_HH, 5.0)]
+    for r in results["scalar_toy"]:
+        hs = ", ".join(f"{h:+.4f}" for h in r["h"])
+        print(
+            f"   w_hh={r['w_hh']:<4} h_1..h_3 = {hs}   dh_3/dh_1: jax.grad {r['dh3_dh1_grad']:+.6f}, "
+            f"closed form {r['dh3_dh1_closed_form']:+.6f}"
+        )
+
+    print(f"2. ||dL/dh_t|| against distance T - t (recall task; trained with delay {TRAIN_DELAY}, {steps} steps)")
+    norms, accuracy = {}, {}
+    for i, cell in enumerate(CELLS):
+        init_params = make_model(cell).init(jax.random.fold_in(key, i), recall_batch(key, 2, 3)[0])["params"]
+        trained, _ = train_recall(cell, TRAIN_DELAY, steps, jax.random.fold_in(key, 100 + i))
+        for tag, params in (("untrained", init_params), ("trained", trained)):
+            per_step = hidden_gradient_norms(cell, params, grad_length, jax.random.fold_in(key, 200 + i))
+            by_distance = per_step[::-1]  # index d: distance T - t = d
+            norms[f"{cell} {tag}"] = by_distance
+            shown = ", ".join(f"d={d}: {by_distance[d]:.2e}" for d in DISTANCES if d < len(by_distance))
+            print(f"   {cell:4s} {tag:9s} {shown}")
+        accuracy[cell] = {k: train_recall(cell, k, steps, jax.random.fold_in(key, 300 + k))[1] for k in delays}
+        print(
+            f"   {cell:4s} recall accuracy by delay k: "
+            + ", ".join(f"k={k}: {a:.2f}" for k, a in accuracy[cell].items())
+        )
+    results["gradient_norms"] = {
+        name: {str(d): float(v[d]) for d in DISTANCES if d < len(v)} for name, v in norms.items()
+    }
+    results["recall_accuracy"] = {cell: {str(k): a for k, a in acc.items()} for cell, acc in accuracy.items()}
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, v in norms.items():
+        ax.semilogy(np.arange(len(v)), v, "-" if "trained" == name.split()[1] else "--", label=name)
+    ax.set_xlabel("distance T - t (steps before the loss)")
+    ax.set_ylabel("mean ||dL/dh_t||")
+    ax.set_title("Gradient flow through time (recall task)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(out / "gradient_norms.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for cell, acc in accuracy.items():
+        ax.plot(list(acc), list(acc.values()), "o-", label=cell)
+    ax.axhline(1 / SYMBOLS, color="gray", linestyle=":", label="chance")
+    ax.set_xlabel("delay k")
+    ax.set_ylabel("recall accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "recall_accuracy.png", dpi=120)
+    plt.close(fig)
+
+    print("3. gradient clipping on an exploding tanh RNN (recurrent weights scaled up), SGD lr 0.5")
+    curves = clipping_curves(steps, jax.random.fold_in(key, 400))
+    results["clipping"] = {name: {"first": c[0], "max": max(c), "last": c[-1]} for name, c in curves.items()}
+    for name, c in curves.items():
+        print(f"   {name:26s} loss first {c[0]:.3f}, max {max(c):.3f}, last {c[-1]:.3f}")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, c in curves.items():
+        ax.plot(c, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "clipping.png", dpi=120)
+    plt.close(fig)
+
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"wrote {out}/gradient_norms.png, recall_accuracy.png, clipping.png, results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
