@@ -23,33 +23,28 @@ RUNS = [
 
 
 DATA = ROOT.parent / "shared" / "data"  # the real corpora, beside the checkout (as in CI)
-LM_RUNS = [
-    (["ptb.py", "--smoke"], "test perplexity"),
-    (["shakespeare.py", "--smoke"], "--- sample (temperature 0.8) ---"),
+LM_RUNS = [  # (argv, expected in stdout, files expected under --out)
+    (["ptb.py", "--smoke"], "test perplexity", ["metrics.json", "loss.png", "checkpoint.msgpack"]),
+    (["shakespeare.py", "--smoke"], "--- sample (temperature 0.8) ---", ["metrics.json", "params.msgpack"]),
+    (["cells.py", "--smoke"], "best unit per feature", ["cells.html", "cells.png", "cells.json"]),
 ]
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"no corpora at {DATA}")
-@pytest.mark.parametrize("argv, expected", LM_RUNS, ids=[" ".join(a) for a, _ in LM_RUNS])
-def test_language_model_smoke_runs(argv, expected, tmp_path):
+@pytest.mark.parametrize("argv, expected, files", LM_RUNS, ids=[" ".join(a) for a, _, _ in LM_RUNS])
+def test_language_model_smoke_runs(argv, expected, files, tmp_path):
     script, *args = argv
-    command = [
-        sys.executable,
-        str(ROOT / "experiments" / script),
-        *args,
-        "--data-dir",
-        str(DATA),
-        "--out",
-        str(tmp_path),
-    ]
+    command = [sys.executable, str(ROOT / "experiments" / script), *args]
+    command += ["--data-dir", str(DATA), "--out", str(tmp_path)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert expected in run.stdout, run.stdout[-2000:]
-    assert (tmp_path / "metrics.json").exists() and (tmp_path / "loss.png").exists()
+    for name in files:
+        assert (tmp_path / name).exists(), name
 
 
 def test_language_model_scripts_report_missing_data(tmp_path):
-    for script in ("ptb.py", "shakespeare.py"):
+    for script in ("ptb.py", "shakespeare.py", "cells.py"):
         command = [sys.executable, str(ROOT / "experiments" / script), "--smoke", "--data-dir", str(tmp_path)]
         run = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert run.returncode == 1 and "does not exist" in run.stderr and "Traceback" not in run.stderr
