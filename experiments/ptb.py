@@ -19,6 +19,7 @@ import time
 
 from jaxrnn.corpora import load_ptb
 from jaxrnn.lm import LMConfig, train_language_model
+from jaxrnn.parallel import check_batch_sizes, initialize_distributed
 
 # -- configurations ----------------------------------------------------------------------------
 # Zaremba et al. train on the loss summed over the bptt steps (averaged over the batch); jaxrnn's loss is
@@ -54,6 +55,10 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", help="folder holding ptb.train.txt, ptb.valid.txt, ptb.test.txt")
     p.add_argument("--out", help="output folder (default runs/ptb-CONFIG)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--devices", type=int, default=None, help="devices to train on, data-parallel (default: all)")
+    p.add_argument("--coordinator", help="multi-host: host:port of process 0 (or $JAXRNN_COORDINATOR)")
+    p.add_argument("--num-processes", type=int, help="multi-host: number of processes (or $JAXRNN_NUM_PROCESSES)")
+    p.add_argument("--process-id", type=int, help="multi-host: this process's id (or $JAXRNN_PROCESS_ID)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="also checkpoint every N steps within an epoch")
     p.add_argument("--smoke", action="store_true", help="2 epochs of 5 steps each")
     for field in dataclasses.fields(LMConfig):  # every config value can be overridden
@@ -62,6 +67,7 @@ def main(argv=None) -> int:
         )
         p.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=None)
     args = p.parse_args(argv)
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
 
     config = CONFIGS[args.config]
     overrides = {
@@ -73,6 +79,7 @@ def main(argv=None) -> int:
     out = args.out or f"runs/ptb-{args.config}{'-smoke' if args.smoke else ''}"
 
     try:
+        check_batch_sizes(args.devices, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
         vocab, train, valid, test = load_ptb(args.data_dir)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
@@ -82,7 +89,15 @@ def main(argv=None) -> int:
     print(f"config {args.config}: {config}")
     start = time.perf_counter()
     metrics = train_language_model(
-        config, len(vocab), train, valid, test, out, resume=args.resume, checkpoint_every=args.checkpoint_every
+        config,
+        len(vocab),
+        train,
+        valid,
+        test,
+        out,
+        resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
+        num_devices=args.devices,
     )
     print(
         f"\nvalid perplexity {metrics['valid_perplexity']:.2f}, test perplexity {metrics['test_perplexity']:.2f} "

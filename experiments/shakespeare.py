@@ -21,6 +21,7 @@ import jaxrnn
 from jaxrnn.checkpoint import restore_training_state, save_training_state
 from jaxrnn.corpora import load_shakespeare
 from jaxrnn.lm import LMConfig, init_params, make_model, train_language_model
+from jaxrnn.parallel import check_batch_sizes, initialize_distributed
 
 # -- config ----------------------------------------------------------------------------------
 CONFIG = LMConfig(
@@ -49,6 +50,10 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", help="folder holding tinyshakespeare.txt")
     p.add_argument("--out", default="runs/shakespeare", help="output folder")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--devices", type=int, default=None, help="devices to train on, data-parallel (default: all)")
+    p.add_argument("--coordinator", help="multi-host: host:port of process 0 (or $JAXRNN_COORDINATOR)")
+    p.add_argument("--num-processes", type=int, help="multi-host: number of processes (or $JAXRNN_NUM_PROCESSES)")
+    p.add_argument("--process-id", type=int, help="multi-host: this process's id (or $JAXRNN_PROCESS_ID)")
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--smoke", action="store_true", help="2 epochs of 3 steps, small model")
     p.add_argument("--sample-only", action="store_true", help="load params.msgpack from --out and sample")
@@ -59,6 +64,7 @@ def main(argv=None) -> int:
     p.add_argument("--hidden-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     args = p.parse_args(argv)
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
 
     overrides = {
         k: v
@@ -69,6 +75,7 @@ def main(argv=None) -> int:
         overrides = {"epochs": 2, "max_steps_per_epoch": 3, "hidden_size": 64, "batch_size": 8, "bptt": 20, **overrides}
     config = dataclasses.replace(CONFIG, **overrides)
     try:
+        check_batch_sizes(args.devices, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
         vocab, train, valid = load_shakespeare(args.data_dir)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
@@ -91,6 +98,7 @@ def main(argv=None) -> int:
             args.out,
             resume=args.resume,
             checkpoint_every=args.checkpoint_every,
+            num_devices=args.devices,
             unit="char",
         )
         params = metrics["params"]

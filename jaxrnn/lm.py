@@ -17,17 +17,28 @@ import json
 import math
 import pathlib
 import time
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from jaxrnn.checkpoint import restore_training_state, save_training_state
 from jaxrnn.data import bptt_batches, contiguous_streams, num_bptt_batches
 from jaxrnn.models import SequenceModel
+from jaxrnn.parallel import (
+    check_batch_sizes,
+    check_divisible,
+    data_mesh,
+    global_batch,
+    process_slice,
+    replicated,
+    state_sharding,
+)
 from jaxrnn.train import TrainState, cross_entropy_loss, init_train_state, make_optimizer
 
 Array = jax.Array
@@ -90,11 +101,20 @@ def learning_rate_schedule(config: LMConfig, steps_per_epoch: int) -> optax.Sche
     return schedule
 
 
-def make_tbptt_step(model: SequenceModel, optimizer: optax.GradientTransformation):
-    """jitted ``step(train_state, x, y, carry, rng) -> (train_state, loss, carry)`` for one chunk."""
-    loss_fn = cross_entropy_loss(model)
+def make_tbptt_step(model: SequenceModel, optimizer: optax.GradientTransformation, mesh=None, carry=None):
+    """jitted ``step(train_state, x, y, carry, rng) -> (train_state, loss, carry)`` for one chunk.
 
-    @jax.jit
+    With a ``mesh`` (and an example ``carry`` for its structure) the outputs keep
+    their shardings: train state replicated, carried state split over ``data``.
+    The loss is the mean over the global batch, so the compiler averages the
+    gradients across devices.
+    """
+    loss_fn = cross_entropy_loss(model)
+    jit_options = {}
+    if mesh is not None:
+        jit_options["out_shardings"] = (replicated(mesh), replicated(mesh), state_sharding(mesh, carry))
+
+    @partial(jax.jit, **jit_options)
     def step(state: TrainState, x: Array, y: Array, carry: Any, rng: Array):
         def loss(params):
             return loss_fn(params, {"inputs": x, "targets": y, "state": carry}, rng)
@@ -107,9 +127,14 @@ def make_tbptt_step(model: SequenceModel, optimizer: optax.GradientTransformatio
     return step
 
 
-def evaluate_stream(model: SequenceModel, params: Any, ids: np.ndarray, batch_size: int, bptt: int) -> float:
-    """Mean cross-entropy per token (nats) over ``ids`` as ``batch_size`` streams, state carried across chunks."""
+def evaluate_stream(model: SequenceModel, params: Any, ids: np.ndarray, batch_size: int, bptt: int, mesh=None) -> float:
+    """Mean cross-entropy per token (nats) over ``ids`` as ``batch_size`` streams, state carried across chunks.
+
+    With a ``mesh`` the streams are split over its ``data`` axis.
+    """
     loss_fn = cross_entropy_loss(model)
+    mesh = mesh or data_mesh(1)
+    check_divisible(batch_size, mesh, "eval_batch_size")
 
     @jax.jit
     def chunk_loss(params, x, y, carry):
@@ -117,9 +142,11 @@ def evaluate_stream(model: SequenceModel, params: Any, ids: np.ndarray, batch_si
         return value, aux["state"]
 
     streams = contiguous_streams(ids, batch_size)
-    carry, total, count = model.zero_state(batch_size), 0.0, 0
+    local = process_slice(batch_size)
+    carry = jax.device_put(model.zero_state(batch_size), state_sharding(mesh, model.zero_state(batch_size)))
+    total, count = 0.0, 0
     for x, y in bptt_batches(streams, bptt):
-        value, carry = chunk_loss(params, jnp.asarray(x), jnp.asarray(y), carry)
+        value, carry = chunk_loss(params, global_batch(mesh, x[local]), global_batch(mesh, y[local]), carry)
         total += float(value) * y.size
         count += y.size
     return total / count
@@ -159,6 +186,7 @@ def train_language_model(
     checkpoint_every: int = 0,
     unit: str = "word",
     progress: bool = True,
+    num_devices: int | None = 1,
 ) -> dict[str, Any]:
     """Trains a :class:`SequenceModel` with TBPTT; writes ``checkpoint.msgpack``, ``loss.png``, ``metrics.json``.
 
@@ -166,11 +194,17 @@ def train_language_model(
     giving the same parameters as an uninterrupted run (data order is fixed,
     dropout keys are derived from the step number, and the carried state and
     position within the epoch are saved). Returns the metrics dict.
+
+    ``num_devices`` (None: all devices JAX sees, across hosts) trains
+    data-parallel: the streams are split over a ``data`` mesh axis and must
+    divide evenly. The result equals single-device training to float tolerance.
     """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out_dir / "checkpoint.msgpack"
     model = make_model(config, vocab_size)
+    mesh = check_batch_sizes(num_devices, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
+    local = process_slice(config.batch_size)
     streams = contiguous_streams(train_ids, config.batch_size)
     steps_per_epoch = num_bptt_batches(streams, config.bptt)
     if config.max_steps_per_epoch:
@@ -178,7 +212,7 @@ def train_language_model(
     optimizer = make_optimizer(
         config.optimizer, learning_rate_schedule(config, steps_per_epoch), clip_norm=config.clip_norm
     )
-    step_fn = make_tbptt_step(model, optimizer)
+    step_fn = make_tbptt_step(model, optimizer, mesh, model.zero_state(config.batch_size))
     base_key = jax.random.key(config.seed)
     train_state = init_train_state(init_params(config, model, base_key), optimizer)
     saved = {
@@ -196,14 +230,22 @@ def train_language_model(
         saved = restore_training_state(checkpoint_path, target)
         history = previous.get("history", [])
         print(f"resumed from {checkpoint_path}: epoch {int(saved['epoch'])}, chunk {int(saved['chunk'])}")
-    train_state, carry = saved["train"], saved["carry"]
+    train_state = jax.device_put(saved["train"], replicated(mesh))
+    carry_sharding = state_sharding(mesh, saved["carry"])
+    carry = jax.device_put(saved["carry"], carry_sharding)
     step_losses = list(np.asarray(saved["step_losses"]))
     elapsed_before = float(saved["elapsed"])
 
+    writer = jax.process_index() == 0  # with several hosts, process 0 writes the files
+
     def save(epoch: int, chunk: int, elapsed: float) -> None:
+        # The carried state is split across hosts: gather it (a collective, so every process calls this).
+        full_carry = multihost_utils.process_allgather(carry, tiled=True) if jax.process_count() > 1 else carry
+        if not writer:
+            return
         state = {
             "train": train_state,
-            "carry": carry,
+            "carry": full_carry,
             "epoch": jnp.int32(epoch),
             "chunk": jnp.int32(chunk),
             "step_losses": np.asarray(step_losses, np.float32),
@@ -220,7 +262,7 @@ def train_language_model(
     for epoch in range(int(saved["epoch"]), config.epochs + 1):
         first_chunk = int(saved["chunk"]) if epoch == int(saved["epoch"]) else 0
         if first_chunk == 0:
-            carry = model.zero_state(config.batch_size)
+            carry = jax.device_put(model.zero_state(config.batch_size), carry_sharding)
         bar = tqdm(total=steps_per_epoch, initial=first_chunk, disable=not progress, desc=f"epoch {epoch}")
         tick, tick_steps = time.perf_counter(), 0
         for chunk, (x, y) in enumerate(bptt_batches(streams, config.bptt)):
@@ -229,7 +271,8 @@ def train_language_model(
             if chunk < first_chunk:
                 continue
             rng = jax.random.fold_in(base_key, int(train_state.step))
-            train_state, loss, carry = step_fn(train_state, jnp.asarray(x), jnp.asarray(y), carry, rng)
+            x, y = global_batch(mesh, x[local]), global_batch(mesh, y[local])
+            train_state, loss, carry = step_fn(train_state, x, y, carry, rng)
             step_losses.append(float(loss))
             bar.update(1)
             tick_steps += 1
@@ -239,7 +282,7 @@ def train_language_model(
             if checkpoint_every and (chunk + 1) % checkpoint_every == 0 and chunk + 1 < steps_per_epoch:
                 save(epoch, chunk + 1, elapsed_before + time.perf_counter() - start)
         bar.close()
-        valid_loss = evaluate_stream(model, train_state.params, valid_ids, config.eval_batch_size, config.bptt)
+        valid_loss = evaluate_stream(model, train_state.params, valid_ids, config.eval_batch_size, config.bptt, mesh)
         epoch_losses = step_losses[-steps_per_epoch:]
         elapsed = elapsed_before + time.perf_counter() - start
         lr = float(learning_rate_schedule(config, steps_per_epoch)(jnp.int32((epoch - 1) * steps_per_epoch)))
@@ -257,7 +300,7 @@ def train_language_model(
             f"epoch {epoch:3d}  lr {lr:.4g}  train {history[-1]['train_loss']:.4f}  valid {valid_loss:.4f} "
             f"(ppl {math.exp(valid_loss):.2f}, {valid_loss / math.log(2):.3f} bits)  {elapsed:.0f} s"
         )
-        carry = model.zero_state(config.batch_size)
+        carry = jax.device_put(model.zero_state(config.batch_size), carry_sharding)
         save(epoch + 1, 0, elapsed)
 
     elapsed = elapsed_before + time.perf_counter() - start
@@ -270,11 +313,14 @@ def train_language_model(
         "num_params": int(sum(x.size for x in jax.tree.leaves(train_state.params))),
     }
     if test_ids is not None:
-        metrics["test_loss"] = evaluate_stream(model, train_state.params, test_ids, config.eval_batch_size, config.bptt)
+        metrics["test_loss"] = evaluate_stream(
+            model, train_state.params, test_ids, config.eval_batch_size, config.bptt, mesh
+        )
     for split in ("valid", "test"):
         if metrics.get(f"{split}_loss") is not None:
             metrics[f"{split}_perplexity"] = math.exp(metrics[f"{split}_loss"])
             metrics[f"{split}_bits_per_{unit}"] = metrics[f"{split}_loss"] / math.log(2)
-    _plot(history, step_losses, out_dir / "loss.png", unit)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if writer:
+        _plot(history, step_losses, out_dir / "loss.png", unit)
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics | {"params": train_state.params, "model": model}
