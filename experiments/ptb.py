@@ -17,6 +17,8 @@ import math
 import sys
 import time
 
+import jax
+
 from jaxrnn.corpora import load_ptb
 from jaxrnn.lm import LMConfig, train_language_model
 from jaxrnn.parallel import check_batch_sizes, initialize_distributed
@@ -104,7 +106,8 @@ def main(argv=None) -> int:
         f"({metrics['num_params']:,} parameters; {metrics['wall_time_s']:.0f} s training, "
         f"{metrics['train_tokens_per_s']:,.0f} tokens/s; this process {time.perf_counter() - start:.0f} s)"
     )
-    print(f"wrote {out}/metrics.json, {out}/loss.png, {out}/checkpoint.msgpack")
+    if jax.process_index() == 0:  # with several hosts, process 0 writes the files
+        print(f"wrote {out}/metrics.json, {out}/loss.png, {out}/checkpoint.msgpack")
     return 0 if math.isfinite(metrics["test_loss"]) else 1
 
 

@@ -102,7 +102,8 @@ def main(argv=None) -> int:
             unit="char",
         )
         params = metrics["params"]
-        save_training_state(params_path, params)
+        if jax.process_index() == 0:  # with several hosts, process 0 writes the files
+            save_training_state(params_path, params)
         print(
             f"\nvalidation loss {metrics['valid_loss']:.4f} nats/char "
             f"({metrics['valid_bits_per_char']:.3f} bits/char); "
