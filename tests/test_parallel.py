@@ -3,6 +3,7 @@
 Each case runs in a subprocess with its own XLA_FLAGS, so the rest of the suite keeps one device.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -17,6 +18,8 @@ import pytest
 import jaxrnn.lm as lm
 
 HERE = pathlib.Path(__file__).resolve().parent / "multidevice"
+sys.path.insert(0, str(HERE))
+from common import CONFIG, TRAIN, VALID, VOCAB  # noqa: E402
 
 
 def _run(script, *args, devices, log=None):
@@ -78,20 +81,8 @@ def test_two_processes_over_loopback_match_one_device(tmp_path):
     result = _last_json(pathlib.Path(f"{logs[0]}.out").read_text())
     assert result["devices"] == 4 and result["processes"] == 2
 
-    config = lm.LMConfig(
-        hidden_size=16,
-        embedding_size=8,
-        epochs=1,
-        batch_size=8,
-        bptt=5,
-        eval_batch_size=8,
-        optimizer="adam",
-        lr=0.01,
-        dropout=0.0,
-    )
-    data = np.random.default_rng(0).integers(0, 13, 600).astype(np.int32)
-    valid = np.random.default_rng(1).integers(0, 13, 200).astype(np.int32)
-    single = lm.train_language_model(config, 13, data, valid, None, tmp_path / "single", progress=False)
+    config = dataclasses.replace(CONFIG, epochs=1)  # the same run as two_process.py, on one device
+    single = lm.train_language_model(config, VOCAB, TRAIN, VALID, None, tmp_path / "single", progress=False)
     assert result["valid_loss"] == pytest.approx(single["valid_loss"], rel=1e-5)
     for got, want in zip(result["params"], jax.tree.leaves(single["params"])):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)

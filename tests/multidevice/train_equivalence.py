@@ -10,34 +10,23 @@ import tempfile
 
 import jax
 import numpy as np
+from common import CONFIG, TRAIN, VALID, VOCAB
 from jax.sharding import PartitionSpec
 
 import jaxrnn.lm as lm
 from jaxrnn.parallel import data_mesh, global_batch, replicated, state_sharding
 
-config = lm.LMConfig(
-    hidden_size=16,
-    embedding_size=8,
-    epochs=2,
-    batch_size=8,
-    bptt=5,
-    eval_batch_size=8,
-    optimizer="adam",
-    lr=0.01,
-    dropout=0.0,
-)
-data = np.random.default_rng(0).integers(0, 13, 600).astype(np.int32)
-valid = np.random.default_rng(1).integers(0, 13, 200).astype(np.int32)
+config, data, valid = CONFIG, TRAIN, VALID
 
 results = {}
 for n in (1, 8):
     with tempfile.TemporaryDirectory() as out:
-        metrics = lm.train_language_model(config, 13, data, valid, valid, out, progress=False, num_devices=n)
+        metrics = lm.train_language_model(config, VOCAB, data, valid, valid, out, progress=False, num_devices=n)
     results[n] = metrics
 
 # shardings: what the trainer places, inspected directly
 mesh = data_mesh(8)
-model = lm.make_model(config, 13)
+model = lm.make_model(config, VOCAB)
 carry = jax.device_put(model.zero_state(8), state_sharding(mesh, model.zero_state(8)))
 x = global_batch(mesh, np.zeros((8, 5), np.int32))
 params = jax.device_put(results[8]["params"], replicated(mesh))
@@ -58,7 +47,7 @@ report = {
 try:
     lm.train_language_model(
         lm.LMConfig(batch_size=6, eval_batch_size=8, epochs=1),
-        13,
+        VOCAB,
         data,
         valid,
         None,

@@ -5,6 +5,7 @@ Usage: python two_process.py PORT PROCESS_ID OUT. Each process has 2 CPU devices
 process feeds its own half of the streams.
 """
 
+import dataclasses
 import json
 import sys
 
@@ -16,23 +17,12 @@ port, process_id, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 initialize_distributed(f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
 
 import jax  # noqa: E402
+from common import CONFIG, TRAIN, VALID, VOCAB  # noqa: E402
 
 import jaxrnn.lm as lm  # noqa: E402
 
-config = lm.LMConfig(
-    hidden_size=16,
-    embedding_size=8,
-    epochs=1,
-    batch_size=8,
-    bptt=5,
-    eval_batch_size=8,
-    optimizer="adam",
-    lr=0.01,
-    dropout=0.0,
-)
-data = np.random.default_rng(0).integers(0, 13, 600).astype(np.int32)
-valid = np.random.default_rng(1).integers(0, 13, 200).astype(np.int32)
-metrics = lm.train_language_model(config, 13, data, valid, None, out, progress=False, num_devices=None)
+config, data, valid = dataclasses.replace(CONFIG, epochs=1), TRAIN, VALID
+metrics = lm.train_language_model(config, VOCAB, data, valid, None, out, progress=False, num_devices=None)
 if process_id == 0:
     params = [np.asarray(p).tolist() for p in jax.tree.leaves(metrics["params"])]
     print(
