@@ -29,6 +29,7 @@ from jaxrnn.train import (
     make_train_step,
     masked_cross_entropy,
     perplexity,
+    train_update,
 )
 
 __all__ = [
@@ -64,5 +65,6 @@ __all__ = [
     "make_train_step",
     "masked_cross_entropy",
     "perplexity",
+    "train_update",
 ]
 __version__ = "0.1.0"

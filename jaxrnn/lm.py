@@ -39,7 +39,7 @@ from jaxrnn.parallel import (
     replicated,
     state_sharding,
 )
-from jaxrnn.train import TrainState, cross_entropy_loss, init_train_state, make_optimizer
+from jaxrnn.train import TrainState, cross_entropy_loss, init_train_state, make_optimizer, train_update
 
 Array = jax.Array
 
@@ -109,20 +109,15 @@ def make_tbptt_step(model: SequenceModel, optimizer: optax.GradientTransformatio
     The loss is the mean over the global batch, so the compiler averages the
     gradients across devices.
     """
-    loss_fn = cross_entropy_loss(model)
+    update = train_update(cross_entropy_loss(model), optimizer)
     jit_options = {}
     if mesh is not None:
         jit_options["out_shardings"] = (replicated(mesh), replicated(mesh), state_sharding(mesh, carry))
 
     @partial(jax.jit, **jit_options)
     def step(state: TrainState, x: Array, y: Array, carry: Any, rng: Array):
-        def loss(params):
-            return loss_fn(params, {"inputs": x, "targets": y, "state": carry}, rng)
-
-        (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        new_state = TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1)
-        return new_state, value, jax.lax.stop_gradient(aux["state"])
+        new_state, value, aux = update(state, {"inputs": x, "targets": y, "state": carry}, rng)
+        return new_state, value, jax.lax.stop_gradient(aux["state"])  # logits stay inside the jit
 
     return step
 

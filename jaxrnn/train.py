@@ -128,19 +128,29 @@ def cross_entropy_loss(model: nn.Module) -> LossFn:
     return loss_fn
 
 
-def make_train_step(
+def train_update(
     loss_fn: LossFn, optimizer: optax.GradientTransformation
 ) -> Callable[[TrainState, Batch, Array | None], tuple[TrainState, Array, dict[str, Any]]]:
-    """A jitted ``step(state, batch, rng=None) -> (state, loss, aux)`` built on ``jax.value_and_grad``."""
+    """The un-jitted ``update(state, batch, rng=None) -> (state, loss, aux)``: one optimizer step.
 
-    @jax.jit
-    def step(state: TrainState, batch: Batch, rng: Array | None = None) -> tuple[TrainState, Array, dict[str, Any]]:
+    :func:`make_train_step` jits it as is; other steps (truncated BPTT) call it
+    inside their own ``jit``.
+    """
+
+    def update(state: TrainState, batch: Batch, rng: Array | None = None) -> tuple[TrainState, Array, dict[str, Any]]:
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(params, opt_state, state.step + 1), loss, aux
 
-    return step
+    return update
+
+
+def make_train_step(
+    loss_fn: LossFn, optimizer: optax.GradientTransformation
+) -> Callable[[TrainState, Batch, Array | None], tuple[TrainState, Array, dict[str, Any]]]:
+    """A jitted ``step(state, batch, rng=None) -> (state, loss, aux)`` built on ``jax.value_and_grad``."""
+    return jax.jit(train_update(loss_fn, optimizer))
 
 
 def make_eval_step(loss_fn: LossFn) -> Callable[[Any, Batch], tuple[Array, dict[str, Any]]]:
