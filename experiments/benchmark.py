@@ -9,6 +9,7 @@ matmul peak, measured in the same process with a large GEMM.
 
     python experiments/benchmark.py --quick                # under a minute
     python experiments/benchmark.py --out benchmark.json   # the full table
+    python experiments/benchmark.py --cells lstm --sizes b32-h256 --dtype float64 --bidirectional
 """
 
 import argparse
@@ -37,6 +38,7 @@ SIZES = {  # name: (batch, seq_len, input, hidden, num_layers, bidirectional, wi
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 FLAX_CELLS = {"rnn": ["SimpleCell"], "lstm": ["LSTMCell", "OptimizedLSTMCell"], "gru": ["GRUCell"]}
 MIN_SAMPLE_S = 0.02  # each timed sample runs the function enough times to last this long
+DTYPES = ("float32", "float64", "bfloat16")
 
 
 @dataclass
@@ -57,9 +59,9 @@ def forward_flops(batch, seq_len, inp, hidden, layers, bidirectional, gates) -> 
     return flops
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+def matmul_peak_gflops(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     f = jax.jit(jnp.dot)
     f(a, b).block_until_ready()
     best = min(_timeit(lambda: f(a, b).block_until_ready()) for _ in range(repeats))
@@ -85,9 +87,14 @@ def _jax_variant(name, apply, params, args, mode, compile_times) -> Variant:
     return Variant(name, lambda: compiled(params, *args), jax.block_until_ready, compile_s)
 
 
-def jax_variants(cell, size, mode, rng, compile_times, quick):
+def size_config(size: str, force_bidirectional: bool) -> tuple:
     batch, seq_len, inp, hidden, layers, bidirectional, with_lengths = SIZES[size]
-    x = jnp.asarray(rng.standard_normal((seq_len, batch, inp)), jnp.float32)  # time-major, like torch's default
+    return batch, seq_len, inp, hidden, layers, bidirectional or force_bidirectional, with_lengths
+
+
+def jax_variants(cell, size, mode, rng, compile_times, quick, dtype, force_bidirectional):
+    batch, seq_len, inp, hidden, layers, bidirectional, with_lengths = size_config(size, force_bidirectional)
+    x = jnp.asarray(rng.standard_normal((seq_len, batch, inp)), dtype)  # time-major, like torch's default
     lengths = jnp.asarray(rng.integers(seq_len // 2, seq_len + 1, batch), jnp.int32) if with_lengths else None
     args = (x,) if lengths is None else (x, lengths)
     variants = []
@@ -106,6 +113,7 @@ def jax_variants(cell, size, mode, rng, compile_times, quick):
             unroll=unroll,
             hoist_input_projection=hoist,
             fused_backward=fused,
+            param_dtype=dtype,
         )
         params = module.init(jax.random.key(0), x)
 
@@ -116,8 +124,8 @@ def jax_variants(cell, size, mode, rng, compile_times, quick):
         variants.append(_jax_variant(name, apply, params, args, mode, compile_times))
 
     for cell_name in FLAX_CELLS[cell]:
-        model = FlaxStack(cell_name, hidden, layers, bidirectional)
-        params = model.init(jax.random.key(0), *args)
+        model = FlaxStack(cell_name, hidden, layers, bidirectional, dtype)
+        params = jax.tree.map(lambda a: a.astype(dtype), model.init(jax.random.key(0), *args))
         variants.append(_jax_variant(f"flax nn.RNN({cell_name})", model.apply, params, args, mode, compile_times))
     return variants
 
@@ -129,29 +137,35 @@ class FlaxStack(nn.Module):
     hidden: int
     layers: int
     bidirectional: bool
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x, lengths=None):
-        cell_class = getattr(nn, self.cell_name)
+        def cell():
+            # flax's orthogonal init has no bfloat16 QR: there, initialize in float32 and cast the params after.
+            param_dtype = "float32" if self.dtype == "bfloat16" else self.dtype
+            return getattr(nn, self.cell_name)(self.hidden, dtype=self.dtype, param_dtype=param_dtype)
+
         for _ in range(self.layers):
-            forward = nn.RNN(cell_class(self.hidden), time_major=True)
+            forward = nn.RNN(cell(), time_major=True)
             if self.bidirectional:
-                backward = nn.RNN(cell_class(self.hidden), time_major=True)
+                backward = nn.RNN(cell(), time_major=True)
                 x = nn.Bidirectional(forward, backward, time_major=True)(x, seq_lengths=lengths)
             else:
                 x = forward(x, seq_lengths=lengths)
         return x
 
 
-def torch_variant(cell, size, mode, rng):
+def torch_variant(cell, size, mode, rng, dtype, force_bidirectional):
     import torch
 
     torch.set_num_threads(os.cpu_count())
-    batch, seq_len, inp, hidden, layers, bidirectional, with_lengths = SIZES[size]
+    batch, seq_len, inp, hidden, layers, bidirectional, with_lengths = size_config(size, force_bidirectional)
+    torch_dtype = getattr(torch, dtype)
     module = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](
-        inp, hidden, num_layers=layers, bidirectional=bidirectional
+        inp, hidden, num_layers=layers, bidirectional=bidirectional, dtype=torch_dtype
     )
-    x = torch.tensor(rng.standard_normal((seq_len, batch, inp)), dtype=torch.float32)
+    x = torch.tensor(rng.standard_normal((seq_len, batch, inp)), dtype=torch_dtype)
     lengths = torch.tensor(rng.integers(seq_len // 2, seq_len + 1, batch)) if with_lengths else None
 
     def run():
@@ -204,6 +218,8 @@ def main(argv=None) -> int:
     p.add_argument("--cells", default="rnn,lstm,gru")
     p.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated, from {list(SIZES)}")
     p.add_argument("--modes", default="fwd,grad", help="fwd (forward) and/or grad (forward+backward)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="inputs and parameters, all frameworks")
+    p.add_argument("--bidirectional", action="store_true", help="make every size bidirectional")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--quick", action="store_true", help="teaching and b32-h256 sizes, default variants, 3 repeats")
     p.add_argument("--no-torch", action="store_true")
@@ -211,6 +227,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.repeats = "teach,b32-h256", 3
+    if args.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
     cells, sizes, modes = args.cells.split(","), args.sizes.split(","), args.modes.split(",")
     for name, allowed in (("cell", GATES), ("size", SIZES), ("mode", ("fwd", "grad"))):
         chosen = {"cell": cells, "size": sizes, "mode": modes}[name]
@@ -225,23 +243,25 @@ def main(argv=None) -> int:
             print("torch is not installed: torch columns skipped")
             have_torch = False
 
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(args.dtype)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}"
     if have_torch:
         machine += f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
     print(f"machine: {machine}")
-    print(f"float32 matmul peak (2048^3 GEMM in jax): {peak:.0f} GFLOP/s\n")
+    print(f"{args.dtype} matmul peak (2048^3 GEMM in jax): {peak:.0f} GFLOP/s\n")
 
     rng = np.random.default_rng(0)
     rows, compile_times = [], {}
     for cell in cells:
         for size in sizes:
-            batch, seq_len, inp, hidden, layers, bidirectional, _ = SIZES[size]
+            batch, seq_len, inp, hidden, layers, bidirectional, _ = size_config(size, args.bidirectional)
             flops = forward_flops(batch, seq_len, inp, hidden, layers, bidirectional, GATES[cell])
             for mode in modes:
-                variants = jax_variants(cell, size, mode, rng, compile_times, args.quick)
+                variants = jax_variants(
+                    cell, size, mode, rng, compile_times, args.quick, args.dtype, args.bidirectional
+                )
                 if have_torch:
-                    variants.append(torch_variant(cell, size, mode, rng))
+                    variants.append(torch_variant(cell, size, mode, rng, args.dtype, args.bidirectional))
                 samples = measure(variants, args.repeats)
                 torch_median = statistics.median(samples[variants[-1].name]) if have_torch else None
                 mode_flops = flops * (1 if mode == "fwd" else 3)
@@ -272,7 +292,14 @@ def main(argv=None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(
-                {"machine": machine, "peak_gflops": peak, "train_step_compile_s": train_compile, "rows": rows},
+                {
+                    "machine": machine,
+                    "dtype": args.dtype,
+                    "bidirectional": args.bidirectional,
+                    "peak_gflops": peak,
+                    "train_step_compile_s": train_compile,
+                    "rows": rows,
+                },
                 f,
                 indent=1,
             )

@@ -19,6 +19,10 @@ RUNS = [
     (["scratch_vs_library.py"], "the same numbers"),
     (["gradient_flow.py", "--smoke", "--out", "/tmp/jaxrnn-gradient-flow-smoke"], "dh_3/dh_1: jax.grad"),
     (["benchmark.py", "--cells", "gru", "--sizes", "teach", "--repeats", "1"], "| gru | teach | grad | torch nn.GRU |"),
+    (
+        "benchmark.py --cells lstm --sizes teach --modes fwd --repeats 1 --dtype float64 --bidirectional".split(),
+        "| lstm | teach | fwd | torch nn.LSTM |",
+    ),
 ]
 
 
