@@ -224,7 +224,18 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="teaching and b32-h256 sizes, default variants, 3 repeats")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--out", help="write all samples and the table as JSON here")
+    p.add_argument("--from-json", help="print the tables of an earlier run's --out file instead of measuring")
     args = p.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        print(f"machine: {saved['machine']}\n")
+        print_rows(saved["rows"])
+        print("\n## Fastest of each family\n")
+        print_condensed(saved["rows"])
+        print("\n## Targets\n")
+        print_targets(saved["rows"], saved["train_step_compile_s"])
+        return 0
     if args.quick:
         args.sizes, args.repeats = "teach,b32-h256", 3
     if args.dtype == "float64":
@@ -289,6 +300,10 @@ def main(argv=None) -> int:
     print(f"\ncompile time (trace + compile) of a 2-layer LSTM language-model train step: {train_compile:.2f} s")
     print("\n## Summary (all rows)\n")
     print_rows(rows, header=True)
+    print("\n## Fastest of each family\n")
+    print_condensed(rows)
+    print("\n## Targets\n")
+    print_targets(rows, train_compile)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(
@@ -317,6 +332,76 @@ def lstm_train_step_compile_time() -> float:
     start = time.perf_counter()
     step.lower(state, batch, None).compile()
     return time.perf_counter() - start
+
+
+def _family_best(rows, cell, size, mode):
+    """(torch row, fastest flax row, jaxrnn default row, fastest jaxrnn row) for one table group."""
+    group = [r for r in rows if (r["cell"], r["size"], r["mode"]) == (cell, size, mode)]
+
+    def fastest(prefix):
+        family = [r for r in group if r["variant"].startswith(prefix)]
+        return min(family, key=lambda r: r["median_ms"]) if family else None
+
+    default = next((r for r in group if r["variant"] == "jaxrnn unroll=1"), None)
+    return fastest("torch"), fastest("flax"), default, fastest("jaxrnn")
+
+
+def _groups(rows):
+    return list(dict.fromkeys((r["cell"], r["size"], r["mode"]) for r in rows))
+
+
+def print_condensed(rows):
+    """One line per (cell, size, mode): torch, the fastest flax cell, jaxrnn's default and its fastest option."""
+    print(
+        "| cell | size | mode | torch ms | flax best ms | jaxrnn default ms (vs torch) "
+        "| jaxrnn best ms (vs torch, vs flax) | best jaxrnn variant |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for cell, size, mode in _groups(rows):
+        torch_row, flax_row, default, best = _family_best(rows, cell, size, mode)
+        torch_ms = torch_row["median_ms"] if torch_row else None
+        flax_ms, default_ms, best_ms = flax_row["median_ms"], default["median_ms"], best["median_ms"]
+
+        def vs(ms, ref):
+            return f"{ms / ref:.2f}x" if ref else "-"
+
+        torch_text = f"{torch_ms:.3g}" if torch_ms else "-"
+        print(
+            f"| {cell} | {size} | {mode} | {torch_text} | {flax_ms:.3g} "
+            f"| {default_ms:.3g} ({vs(default_ms, torch_ms)}) "
+            f"| {best_ms:.3g} ({vs(best_ms, torch_ms)}, {vs(best_ms, flax_ms)}) "
+            f"| {best['variant'].removeprefix('jaxrnn ')} |"
+        )
+
+
+def print_targets(rows, train_compile_s):
+    """Checks the speed targets of the benchmark issue against this run (fastest jaxrnn option of each group)."""
+    checks = []
+    for cell, size, mode in _groups(rows):
+        torch_row, flax_row, _, best = _family_best(rows, cell, size, mode)
+        if torch_row is None:
+            continue
+        to_torch, to_flax = best["median_ms"] / torch_row["median_ms"], best["median_ms"] / flax_row["median_ms"]
+        where = f"{cell} {size} {mode} ({best['variant'].removeprefix('jaxrnn ')})"
+        if mode == "grad" and size in ("b32-h256", "b64-h512"):
+            checks.append(
+                (
+                    where,
+                    "<= 0.9x torch and <= 0.75x flax",
+                    f"{to_torch:.2f}x, {to_flax:.2f}x",
+                    to_torch <= 0.9 and to_flax <= 0.75,
+                )
+            )
+        elif mode == "fwd" and size in ("b32-h256", "b64-h512"):
+            checks.append((where, "<= 1.0x torch", f"{to_torch:.2f}x", to_torch <= 1.0))
+        elif mode == "grad" and size == "teach":
+            checks.append((where, "<= 0.5x torch", f"{to_torch:.2f}x", to_torch <= 0.5))
+    checks.append(("2-layer LSTM train step compile", "<= 2 s", f"{train_compile_s:.2f} s", train_compile_s <= 2.0))
+    print("| what | target | measured | holds |")
+    print("|---|---|---|---|")
+    for where, target, measured, holds in checks:
+        print(f"| {where} | {target} | {measured} | {'yes' if holds else 'no'} |")
+    print(f"\n{sum(c[3] for c in checks)} of {len(checks)} targets hold.")
 
 
 def print_rows(rows, header=True):

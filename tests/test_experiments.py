@@ -81,3 +81,17 @@ def test_scalar_toy_gradient_equals_closed_form():
         toy = module.scalar_toy(w_hh)
         assert toy["dh3_dh1_grad"] == pytest.approx(toy["dh3_dh1_closed_form"], rel=1e-5, abs=1e-9)
         assert len(toy["h"]) == 3
+
+
+def test_benchmark_json_round_trip(tmp_path):
+    """--out writes every sample; --from-json prints the same tables and target checks from that file."""
+    script = str(ROOT / "experiments" / "benchmark.py")
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, script, "--cells", "rnn", "--sizes", "teach", "--modes", "grad", "--repeats", "2"]
+    run = subprocess.run([*argv, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    again = subprocess.run([sys.executable, script, "--from-json", str(out)], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    targets = run.stdout[run.stdout.index("## Targets") :].split("\n\nwrote")[0]
+    assert targets.strip() in again.stdout
+    assert "| rnn teach grad" in targets and "targets hold." in targets
