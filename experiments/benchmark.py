@@ -98,30 +98,30 @@ def jax_variants(cell, size, mode, rng, compile_times, quick, dtype, force_bidir
     lengths = jnp.asarray(rng.integers(seq_len // 2, seq_len + 1, batch), jnp.int32) if with_lengths else None
     args = (x,) if lengths is None else (x, lengths)
     variants = []
-    # (unroll, hoist_input_projection, fused_backward); the forward of fused equals the plain one.
-    options = [(1, False, False), (1, False, True)]
+    # "default" is the layer as constructed with no options (for float32 LSTM on CPU: the CPU kernel).
+    # The others force the XLA loop: (unroll, hoist_input_projection, fused_backward); fused is grad-only.
+    options = [("default", {})]
+    xla_options = [(1, False, False)] if cell == "lstm" else []
+    xla_options += [(1, False, True)]
     if not quick:
-        options += [(1, True, False), (1, True, True), (4, False, True)]
-    if mode == "fwd":
-        options = [o for o in options if not o[2]]
-    for unroll, hoist, fused in options:
+        xla_options += [(1, True, False), (1, True, True), (4, False, True)]
+    for unroll, hoist, fused in xla_options:
+        if fused and mode == "fwd":
+            continue  # the forward of fused_backward is the plain loop
+        name = f"xla unroll={unroll}" + (" hoisted" if hoist else "") + (" fused" if fused else "")
+        options.append(
+            (name, {"cpu_kernel": "never", "unroll": unroll, "hoist_input_projection": hoist, "fused_backward": fused})
+        )
+    for name, kwargs in options:
         module = jaxrnn.recurrent_layer(
-            cell,
-            hidden_size=hidden,
-            num_layers=layers,
-            bidirectional=bidirectional,
-            unroll=unroll,
-            hoist_input_projection=hoist,
-            fused_backward=fused,
-            param_dtype=dtype,
+            cell, hidden_size=hidden, num_layers=layers, bidirectional=bidirectional, param_dtype=dtype, **kwargs
         )
         params = module.init(jax.random.key(0), x)
 
         def apply(p, x, lengths=None, module=module):
             return module.apply(p, x, seq_lengths=lengths)[0]
 
-        name = f"jaxrnn unroll={unroll}" + (" hoisted" if hoist else "") + (" fused" if fused else "")
-        variants.append(_jax_variant(name, apply, params, args, mode, compile_times))
+        variants.append(_jax_variant(f"jaxrnn {name}", apply, params, args, mode, compile_times))
 
     for cell_name in FLAX_CELLS[cell]:
         model = FlaxStack(cell_name, hidden, layers, bidirectional, dtype)
@@ -342,7 +342,7 @@ def _family_best(rows, cell, size, mode):
         family = [r for r in group if r["variant"].startswith(prefix)]
         return min(family, key=lambda r: r["median_ms"]) if family else None
 
-    default = next((r for r in group if r["variant"] == "jaxrnn unroll=1"), None)
+    default = next((r for r in group if r["variant"] == "jaxrnn default"), None)
     return fastest("torch"), fastest("flax"), default, fastest("jaxrnn")
 
 

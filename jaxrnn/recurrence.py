@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn.cells import State, Weights, _Cell, project_input
+from jaxrnn.kernels import cpu
 
 Array = jax.Array
 
@@ -58,6 +59,12 @@ class Recurrence(nn.Module):
         gradients are then computed for all steps at once as large matmuls, as
         cuDNN does. Reverse-mode only (``jax.grad``/``vjp``, not ``jvp``).
         Otherwise the forward loop is ``nn.scan`` and JAX derives the backward.
+      cpu_kernel: ``"auto"`` runs the LSTM loop in jaxrnn's hand-written CPU
+        kernel (:mod:`jaxrnn.kernels.cpu`) where it applies: CPU backend, float32,
+        ``hidden_size`` a multiple of 16, no ``proj_size``, no ``record_states``,
+        and the kernel builds on this machine; otherwise, and for RNN and GRU, the
+        XLA loop. ``"never"`` always uses the XLA loop; ``"always"`` raises where
+        the kernel does not apply. Its gradient is the ``fused_backward`` pass.
       record_states: also store every step's state (``h``, and ``c`` for LSTM),
         each ``(L, N, ·)``, with ``self.sow('intermediates', 'states', ...)``. On
         padded steps that is the carried, unchanged state.
@@ -78,10 +85,15 @@ class Recurrence(nn.Module):
     unroll: int = 1
     hoist_input_projection: bool = False
     fused_backward: bool = False
+    cpu_kernel: str = "auto"
     record_states: bool = False
 
     @nn.compact
     def __call__(self, weights: Weights, x: Array, state: State, mask: Array | None) -> tuple[State, Array]:
+        if self._use_cpu_kernel(weights, x):
+            return _fused_scan(self.cell, self.reverse, self.unroll, hoisted=True, cpu_kernel=True)(
+                weights, x, state, mask
+            )
         if self.fused_backward and not self.record_states:
             scan = _fused_scan(self.cell, self.reverse, self.unroll, self.hoist_input_projection)
             return scan(weights, x, state, mask)
@@ -112,11 +124,63 @@ class Recurrence(nn.Module):
         self.sow("intermediates", "states", states)
         return final, outputs
 
+    def _use_cpu_kernel(self, weights: Weights, x: Array) -> bool:
+        if self.cpu_kernel not in ("auto", "never", "always"):
+            raise ValueError(f"cpu_kernel must be 'auto', 'never' or 'always', got {self.cpu_kernel!r}.")
+        if self.cpu_kernel == "never":
+            return False
+        cell = self.cell
+        applies = (
+            cell.num_gates == 4
+            and cell.has_cell_state
+            and not self.record_states
+            and x.shape[0] > 0
+            and x.dtype == jnp.float32
+            and weights["weight_hh"].dtype == jnp.float32
+            and cpu.lstm_supported(cell.hidden_size, weights["weight_hr"] is not None, jnp.float32)
+        )
+        if self.cpu_kernel == "always" and not applies:
+            raise ValueError(
+                "cpu_kernel='always': the CPU kernel runs float32 LSTM layers without proj_size or record_states, "
+                f"hidden_size a multiple of 16, on the CPU backend ({type(cell).__name__}, hidden_size="
+                f"{cell.hidden_size}, dtype {x.dtype}, backend {jax.default_backend()}; kernel: "
+                f"{cpu.unavailable_reason() or 'available'})."
+            )
+        return applies
 
-def _fused_scan(cell: _Cell, reverse: bool, unroll: int, hoisted: bool):
-    """``scan(weights, x, state, mask) -> (state, outputs)`` with the fused backward pass as its VJP."""
+
+def _kernel_forward(weights: Weights, x: Array, state0: State, mask: Array | None, reverse: bool, train: bool):
+    """The CPU kernel's forward; with ``train``, also the residuals of ``_fused_scan``'s backward pass.
+
+    The kernel returns the gate pre-activations ``z = gx + gh`` in one array, so
+    the residuals carry ``z`` in place of ``gx`` and None for ``gh``.
+    """
+    gx = _add_bias(project_input(weights, x), weights["bias_hh"])  # both biases, added once for all steps
+    valid = jnp.ones(x.shape[:2], jnp.float32) if mask is None else mask.astype(jnp.float32)
+    h0, c0 = state0
+    if not train:
+        outputs, h_n, c_n = cpu.lstm_forward(gx, weights["weight_hh"], h0, c0, valid, reverse=reverse)
+        return ((h_n, c_n), outputs), None
+    outputs, hs, cs, z = cpu.lstm_forward_train(gx, weights["weight_hh"], h0, c0, valid, reverse=reverse)
+    last = 0 if reverse else -1
+    # The state each step started from, in time order: h0 first for the forward direction, last for reverse.
+    if reverse:
+        previous = (jnp.concatenate([hs[1:], h0[None]]), jnp.concatenate([cs[1:], c0[None]]))
+    else:
+        previous = (jnp.concatenate([h0[None], hs[:-1]]), jnp.concatenate([c0[None], cs[:-1]]))
+    return ((hs[last], cs[last]), outputs), (weights, x, mask, z, None, previous)
+
+
+def _fused_scan(cell: _Cell, reverse: bool, unroll: int, hoisted: bool, cpu_kernel: bool = False):
+    """``scan(weights, x, state, mask) -> (state, outputs)`` with the fused backward pass as its VJP.
+
+    With ``cpu_kernel`` the forward loop is :func:`jaxrnn.kernels.cpu.lstm_forward` (LSTM only).
+    """
 
     def forward(weights: Weights, x: Array, state0: State, mask: Array | None):
+        if cpu_kernel:
+            return _kernel_forward(weights, x, state0, mask, reverse, train=True)
+
         weight_ih_t, weight_hh_t = _transposed(weights)
 
         def body(state: State, inputs: tuple) -> tuple[State, tuple]:
@@ -144,8 +208,13 @@ def _fused_scan(cell: _Cell, reverse: bool, unroll: int, hoisted: bool):
                 new_state, h = cell.combine(gx_t, gh_t, state_t, weight_hr)
                 return _mask_step(valid_t, new_state, h, state_t)
 
-            _, vjp = jax.vjp(step, gx_t, gh_t, state_t, weight_hr)
-            dgx_t, dgh_t, d_prev, d_hr_t = vjp((d_state, d_out_t))
+            if gh_t is None:  # gx_t holds the pre-activations gx + gh (the CPU kernel's residual)
+                _, vjp = jax.vjp(lambda z, s, w: step(z, jnp.zeros((), z.dtype), s, w), gx_t, state_t, weight_hr)
+                dgx_t, d_prev, d_hr_t = vjp((d_state, d_out_t))
+                dgh_t = dgx_t
+            else:
+                _, vjp = jax.vjp(step, gx_t, gh_t, state_t, weight_hr)
+                dgx_t, dgh_t, d_prev, d_hr_t = vjp((d_state, d_out_t))
             d_prev = (d_prev[0] + dgh_t @ weights["weight_hh"],) + tuple(d_prev[1:])
             if d_hr is not None:
                 d_hr = d_hr + d_hr_t
@@ -155,6 +224,8 @@ def _fused_scan(cell: _Cell, reverse: bool, unroll: int, hoisted: bool):
         (d_state0, d_hr), (dgx, dgh) = jax.lax.scan(
             body, (tuple(d_final), d_hr0), (gx, gh, previous, d_outputs, mask), reverse=not reverse, unroll=unroll
         )
+        if gh is None:
+            dgh = dgx
         # Everything that does not feed the recurrence: one large matmul each, over all L*N rows.
         has_bias = weights["bias_ih"] is not None
         grads = {
@@ -168,6 +239,8 @@ def _fused_scan(cell: _Cell, reverse: bool, unroll: int, hoisted: bool):
 
     @jax.custom_vjp
     def scan(weights: Weights, x: Array, state0: State, mask: Array | None) -> tuple[State, Array]:
+        if cpu_kernel:  # no gradient wanted: the kernel keeps nothing for a backward pass
+            return _kernel_forward(weights, x, state0, mask, reverse, train=False)[0]
         return forward(weights, x, state0, mask)[0]
 
     scan.defvjp(forward, backward)

@@ -56,8 +56,10 @@ class _StackedRecurrent(nn.Module):
     default because on a 2-core CPU it measured 1.2-1.8x slower for LSTM/GRU at
     hidden 256-512, see ``Recurrence``); and ``fused_backward`` (a hand-written
     backward pass with the weight gradients as large matmuls after the loop,
-    see ``Recurrence``); and ``record_states`` (store every step's states, for
-    :func:`jaxrnn.step_states`).
+    see ``Recurrence``); ``cpu_kernel`` (``"auto"``, ``"never"`` or
+    ``"always"``: run float32 LSTM layers in jaxrnn's hand-written CPU kernel,
+    :mod:`jaxrnn.kernels.cpu`, see ``Recurrence``); and ``record_states`` (store
+    every step's states, for :func:`jaxrnn.step_states`).
     """
 
     input_size: int | None = None
@@ -71,6 +73,7 @@ class _StackedRecurrent(nn.Module):
     unroll: int = dataclasses.field(default=1, kw_only=True)
     hoist_input_projection: bool = dataclasses.field(default=False, kw_only=True)
     fused_backward: bool = dataclasses.field(default=False, kw_only=True)
+    cpu_kernel: str = dataclasses.field(default="auto", kw_only=True)
     record_states: bool = dataclasses.field(default=False, kw_only=True)
 
     def __post_init__(self) -> None:
@@ -86,6 +89,8 @@ class _StackedRecurrent(nn.Module):
         positive_int("input_size", self.input_size, allow_none=True)
         positive_int("num_layers", self.num_layers)
         positive_int("unroll", self.unroll)
+        if self.cpu_kernel not in ("auto", "never", "always"):
+            raise ValueError(f"{name}: cpu_kernel must be 'auto', 'never' or 'always', got {self.cpu_kernel!r}.")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"{name}: dropout must be a number in [0, 1), got {self.dropout!r}.")
         super().__post_init__()
@@ -166,6 +171,7 @@ class _StackedRecurrent(nn.Module):
                     unroll=self.unroll,
                     hoist_input_projection=self.hoist_input_projection,
                     fused_backward=self.fused_backward,
+                    cpu_kernel=self.cpu_kernel,
                     record_states=self.record_states,
                     name=f"recurrence{suffix}",
                 )(weights, layer_input, tuple(s[layer * D + direction] for s in initial), mask)

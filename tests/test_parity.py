@@ -68,7 +68,7 @@ def run_both(case: dict, dtype: str):
     kind, config = case["kind"], case["config"]
     rng = np.random.default_rng(case["seed"])
     torch.manual_seed(case["seed"])
-    jax_options = ("unroll", "hoist_input_projection", "fused_backward")
+    jax_options = ("unroll", "hoist_input_projection", "fused_backward", "cpu_kernel")
     torch_config = {k: v for k, v in config.items() if k not in jax_options}
     torch_module = getattr(torch.nn, kind)(**torch_config, dtype=getattr(torch, dtype))
 
@@ -163,3 +163,36 @@ def test_parity_float32(kind, data, parity_log):
 def test_parity_float64(kind, data, parity_log):
     with jax.enable_x64(True):
         check_case(data.draw(cases(kind)), "float64", parity_log)
+
+
+KERNEL_CASES = [  # LSTM shapes the CPU kernel runs (hidden a multiple of 16, no proj_size), forced on
+    {"hidden_size": 16, "num_layers": 1, "bidirectional": False, "batch": 7, "lengths": None, "given_h0": True},
+    {
+        "hidden_size": 32,
+        "num_layers": 2,
+        "bidirectional": True,
+        "batch": 5,
+        "lengths": [6, 1, 3, 6, 2],
+        "given_h0": False,
+    },
+    {"hidden_size": 48, "num_layers": 2, "bidirectional": False, "batch": 1, "lengths": None, "given_h0": True},
+    {"hidden_size": 16, "num_layers": 1, "bidirectional": True, "batch": None, "lengths": None, "given_h0": True},
+    {
+        "hidden_size": 32,
+        "num_layers": 1,
+        "bidirectional": False,
+        "batch": 13,
+        "lengths": [6] * 12 + [1],
+        "given_h0": True,
+    },
+]
+
+
+@pytest.mark.skipif(jaxrnn.kernels.cpu.unavailable_reason() is not None, reason="jaxrnn's CPU kernel cannot run here")
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=lambda c: f"h{c['hidden_size']}-l{c['num_layers']}-b{c['batch']}")
+def test_parity_lstm_cpu_kernel(case, parity_log):
+    config = {"input_size": 5, "bias": True, "batch_first": False, "proj_size": 0, "cpu_kernel": "always"}
+    config.update({k: case[k] for k in ("hidden_size", "num_layers", "bidirectional")})
+    full = {"kind": "LSTM", "config": config, "length": 6, "seed": case["hidden_size"] + case["num_layers"]}
+    full.update({k: case[k] for k in ("batch", "lengths", "given_h0")})
+    check_case(full, "float32", parity_log)
