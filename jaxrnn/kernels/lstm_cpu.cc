@@ -3,8 +3,9 @@
 // One call runs a whole sequence in one direction: per step, the recurrent matmul h_{t-1} @ W_hh^T
 // with the four gates fused into its epilogue (torch gate order i, f, g, o), so each step is one
 // pass over the packed weights and nothing is written but the step's results. Work is split over
-// `threads` threads by hidden units (each thread owns whole 16-unit blocks for all four gates) with
-// a spin barrier between steps.
+// up to `threads` threads by 16-unit blocks (all four gates of a unit in one block): the calling
+// thread and helper tasks on XLA's intra-op thread pool claim blocks step by step, and a step
+// starts when every block of the one before is done.
 //
 // Shapes (T steps, B batch, H hidden, U = H / 16 unit blocks, K = H):
 //   gx     (T, B, 4H)  input projection x @ W_ih^T + b_ih + b_hh
@@ -21,7 +22,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
-#include <thread>
+#include <memory>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -136,85 +137,111 @@ void unit_block(const Step& s, int u) {
   }
 }
 
-// Waits until `target` arrivals in all (each thread arrives once per step).
-void barrier(std::atomic<int64_t>& arrived, int64_t target) {
-  arrived.fetch_add(1, std::memory_order_acq_rel);
-  int spins = 0;
-  while (arrived.load(std::memory_order_acquire) < target) {
-    if (++spins < 4096) {
-      _mm_pause();
+// One call's work, shared with the helper tasks (which may start late, or after the call is over:
+// they hold it by shared_ptr and touch the buffers only through blocks they claimed before the end).
+struct Sequence {
+  int T, B, H, U;
+  bool reverse;
+  const float *gx, *wp, *h0, *c0, *valid;
+  float *out, *hs, *cs, *z;     // hs, cs, z are null for inference
+  std::vector<float> scratch;  // inference: the state ping-pongs between two (h, c) pairs
+  // claims[s] packs the next unclaimed unit block of step s from the front (high 32 bits) and the
+  // end of the unclaimed range (low 32 bits): participant 0 takes blocks from the front, helpers from
+  // the back, so each thread keeps mostly the same weight panels in its cache from step to step.
+  std::vector<std::atomic<uint64_t>> claims;
+  std::atomic<int64_t> done{0};  // blocks finished, over all steps
+
+  Step step_args(int step) {
+    const size_t state = (size_t)B * H;
+    const int t = reverse ? T - 1 - step : step, before = reverse ? t + 1 : t - 1;
+    const float *hprev, *cprev;
+    float *h_dst, *c_dst;
+    if (hs) {
+      hprev = step == 0 ? h0 : hs + before * state;
+      cprev = step == 0 ? c0 : cs + before * state;
+      h_dst = hs + t * state;
+      c_dst = cs + t * state;
     } else {
-      std::this_thread::yield();  // oversubscribed: let the other thread run
+      float* ping = scratch.data() + (step % 2) * 2 * state;        // this step writes here
+      float* pong = scratch.data() + ((step + 1) % 2) * 2 * state;  // the previous step wrote here
+      hprev = step == 0 ? h0 : pong;
+      cprev = step == 0 ? c0 : pong + state;
+      h_dst = ping;
+      c_dst = ping + state;
+    }
+    return Step{B, H, H, hprev, cprev, wp, gx + t * 4 * state, valid + (size_t)t * B, out + t * state,
+                h_dst, c_dst, z ? z + t * 4 * state : nullptr};
+  }
+
+  // Claims one unit block of `step` from the front or the back; -1 when none is left.
+  int claim(int step, bool front) {
+    uint64_t packed = claims[step].load(std::memory_order_relaxed);
+    while (true) {
+      const uint32_t lo = packed >> 32, hi = (uint32_t)packed;
+      if (lo >= hi) return -1;
+      const uint64_t next = front ? ((uint64_t)(lo + 1) << 32) | hi : ((uint64_t)lo << 32) | (hi - 1);
+      if (claims[step].compare_exchange_weak(packed, next, std::memory_order_relaxed)) return front ? lo : hi - 1;
     }
   }
-}
+
+  // Works on the sequence until every block of every step is claimed. A step starts only when
+  // all blocks of the step before are done. Safe to call from any number of threads.
+  void participate(bool front) {
+    for (int step = (int)(done.load(std::memory_order_acquire) / U); step < T; ++step) {
+      while (done.load(std::memory_order_acquire) < (int64_t)step * U) _mm_pause();
+      Step s = step_args(step);
+      for (int u; (u = claim(step, front)) >= 0;) {
+        unit_block(s, u);
+        done.fetch_add(1, std::memory_order_acq_rel);
+      }
+    }
+  }
+};
 
 // Runs the sequence. With `keep` (training) every step's state goes to hs/cs and the
-// pre-activations to z; without it the state ping-pongs between two (B, H) buffers.
-ffi::Error Run(const char* name, ffi::Buffer<ffi::F32>& gx, ffi::Buffer<ffi::F32>& wp, ffi::Buffer<ffi::F32>& h0,
-               ffi::Buffer<ffi::F32>& c0, ffi::Buffer<ffi::F32>& valid, bool reverse, int64_t threads, float* out,
-               float* hs, float* cs, float* z, float* h_n, float* c_n) {
+// pre-activations to z. Helpers are tasks on XLA's own intra-op thread pool, so they do not
+// fight XLA's threads for the cores; the calling thread alone finishes if none of them starts.
+ffi::Error Run(const char* name, ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& gx, ffi::Buffer<ffi::F32>& wp,
+               ffi::Buffer<ffi::F32>& h0, ffi::Buffer<ffi::F32>& c0, ffi::Buffer<ffi::F32>& valid, bool reverse,
+               int64_t threads, float* out, float* hs, float* cs, float* z, float* h_n, float* c_n) {
   auto dims = gx.dimensions();
   if (dims.size() != 3 || dims[2] % 64 != 0) {
     return ffi::Error::InvalidArgument(std::string(name) + ": gx must be (T, B, 4H) with H a multiple of 16");
   }
-  const int T = dims[0], B = dims[1], H = dims[2] / 4;
-  const int U = H / 16;
-  const int nthreads = (int)std::max<int64_t>(1, std::min<int64_t>(threads, U));
+  const int T = dims[0], B = dims[1], H = dims[2] / 4, U = H / 16;
   const size_t state = (size_t)B * H;
-  const bool keep = hs != nullptr;
-  std::vector<float> scratch(keep ? 0 : 4 * state);
-  std::atomic<int64_t> arrived{0};
-  auto work = [&](int tid) {
-    const int u0 = U * tid / nthreads, u1 = U * (tid + 1) / nthreads;
-    for (int step = 0; step < T; ++step) {
-      const int t = reverse ? T - 1 - step : step, before = reverse ? t + 1 : t - 1;
-      const float *hprev, *cprev;
-      float *h_dst, *c_dst;
-      if (keep) {
-        hprev = step == 0 ? h0.typed_data() : hs + before * state;
-        cprev = step == 0 ? c0.typed_data() : cs + before * state;
-        h_dst = hs + t * state;
-        c_dst = cs + t * state;
-      } else {
-        float* ping = scratch.data() + (step % 2) * 2 * state;  // this step writes here
-        float* pong = scratch.data() + ((step + 1) % 2) * 2 * state;  // the previous step wrote here
-        hprev = step == 0 ? h0.typed_data() : pong;
-        cprev = step == 0 ? c0.typed_data() : pong + state;
-        h_dst = ping;
-        c_dst = ping + state;
-      }
-      Step s{B, H, H, hprev, cprev, wp.typed_data(), gx.typed_data() + t * 4 * state,
-             valid.typed_data() + (size_t)t * B, out + t * state, h_dst, c_dst, z ? z + t * 4 * state : nullptr};
-      for (int u = u0; u < u1; ++u) unit_block(s, u);
-      if (nthreads > 1) barrier(arrived, (int64_t)(step + 1) * nthreads);
-    }
-  };
-  std::vector<std::thread> pool;
-  for (int i = 1; i < nthreads; ++i) pool.emplace_back(work, i);
-  work(0);
-  for (auto& thread : pool) thread.join();
-  if (!keep) {
-    const float* last = T == 0 ? nullptr : scratch.data() + ((T - 1) % 2) * 2 * state;
+  auto seq = std::make_shared<Sequence>();
+  seq->T = T, seq->B = B, seq->H = H, seq->U = U, seq->reverse = reverse;
+  seq->gx = gx.typed_data(), seq->wp = wp.typed_data(), seq->h0 = h0.typed_data(), seq->c0 = c0.typed_data();
+  seq->valid = valid.typed_data(), seq->out = out, seq->hs = hs, seq->cs = cs, seq->z = z;
+  if (!hs) seq->scratch.resize(4 * state);
+  seq->claims = std::vector<std::atomic<uint64_t>>(T);
+  for (auto& c : seq->claims) c.store((uint64_t)U, std::memory_order_relaxed);  // lo = 0, hi = U
+  const int64_t helpers = std::min<int64_t>(std::max<int64_t>(threads, 1), U) - 1;
+  for (int64_t i = 0; i < helpers && T > 0; ++i) pool.Schedule([seq] { seq->participate(false); });
+  seq->participate(true);
+  while (seq->done.load(std::memory_order_acquire) < (int64_t)T * U) _mm_pause();  // helpers' last blocks
+  if (!hs) {
+    const float* last = T == 0 ? nullptr : seq->scratch.data() + ((T - 1) % 2) * 2 * state;
     std::memcpy(h_n, T == 0 ? h0.typed_data() : last, state * sizeof(float));
     std::memcpy(c_n, T == 0 ? c0.typed_data() : last + state, state * sizeof(float));
   }
   return ffi::Error::Success();
 }
 
-ffi::Error LstmForward(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> wp, ffi::Buffer<ffi::F32> h0,
+ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> wp, ffi::Buffer<ffi::F32> h0,
                        ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> valid, bool reverse, int64_t threads,
                        ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> h_n,
                        ffi::ResultBuffer<ffi::F32> c_n) {
-  return Run("jaxrnn_lstm_forward", gx, wp, h0, c0, valid, reverse, threads, out->typed_data(), nullptr, nullptr,
+  return Run("jaxrnn_lstm_forward", pool, gx, wp, h0, c0, valid, reverse, threads, out->typed_data(), nullptr, nullptr,
              nullptr, h_n->typed_data(), c_n->typed_data());
 }
 
-ffi::Error LstmForwardTrain(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> wp, ffi::Buffer<ffi::F32> h0,
+ffi::Error LstmForwardTrain(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> wp, ffi::Buffer<ffi::F32> h0,
                             ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> valid, bool reverse, int64_t threads,
                             ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> hs,
                             ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> z) {
-  return Run("jaxrnn_lstm_forward_train", gx, wp, h0, c0, valid, reverse, threads, out->typed_data(),
+  return Run("jaxrnn_lstm_forward_train", pool, gx, wp, h0, c0, valid, reverse, threads, out->typed_data(),
              hs->typed_data(), cs->typed_data(), z->typed_data(), nullptr, nullptr);
 }
 
@@ -222,6 +249,7 @@ ffi::Error LstmForwardTrain(ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> wp, 
 
 #define JAXRNN_LSTM_ARGS                            \
   ffi::Ffi::Bind()                                  \
+      .Ctx<ffi::ThreadPool>()                       \
       .Arg<ffi::Buffer<ffi::F32>>() /* gx */        \
       .Arg<ffi::Buffer<ffi::F32>>() /* wp */        \
       .Arg<ffi::Buffer<ffi::F32>>() /* h0 */        \
