@@ -38,6 +38,9 @@ SIZES = {  # name: (batch, seq_len, input, hidden, num_layers, bidirectional, wi
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 FLAX_CELLS = {"rnn": ["SimpleCell"], "lstm": ["LSTMCell", "OptimizedLSTMCell"], "gru": ["GRUCell"]}
 MIN_SAMPLE_S = 0.02  # each timed sample runs the function enough times to last this long
+# Untimed pause before each sample: torch's OpenMP workers (and XLA's) spin for a while after a call,
+# and without it they would steal the cores from whichever variant is timed next.
+SETTLE_S = 0.05
 DTYPES = ("float32", "float64", "bfloat16")
 
 
@@ -209,6 +212,7 @@ def measure(variants, repeats):
                     result = v.fn()
                 v.block(result)
 
+            time.sleep(SETTLE_S)
             samples[v.name].append(_timeit(loop) / n)
     return samples
 

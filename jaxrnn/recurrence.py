@@ -91,9 +91,7 @@ class Recurrence(nn.Module):
     @nn.compact
     def __call__(self, weights: Weights, x: Array, state: State, mask: Array | None) -> tuple[State, Array]:
         if self._use_cpu_kernel(weights, x):
-            return _fused_scan(self.cell, self.reverse, self.unroll, hoisted=True, cpu_kernel=True)(
-                weights, x, state, mask
-            )
+            return _kernel_scan(self.reverse)(weights, x, state, mask)
         if self.fused_backward and not self.record_states:
             scan = _fused_scan(self.cell, self.reverse, self.unroll, self.hoist_input_projection)
             return scan(weights, x, state, mask)
@@ -149,38 +147,55 @@ class Recurrence(nn.Module):
         return applies
 
 
-def _kernel_forward(weights: Weights, x: Array, state0: State, mask: Array | None, reverse: bool, train: bool):
-    """The CPU kernel's forward; with ``train``, also the residuals of ``_fused_scan``'s backward pass.
+def _kernel_scan(reverse: bool):
+    """``scan(weights, x, state, mask) -> (state, outputs)`` for LSTM, forward and backward in the CPU kernel.
 
-    The kernel returns the gate pre-activations ``z = gx + gh`` in one array, so
-    the residuals carry ``z`` in place of ``gx`` and None for ``gh``.
+    The input projection of all steps and, in the backward pass, the weight and
+    input gradients are large XLA matmuls around the kernel calls.
     """
-    gx = _add_bias(project_input(weights, x), weights["bias_hh"])  # both biases, added once for all steps
-    valid = jnp.ones(x.shape[:2], jnp.float32) if mask is None else mask.astype(jnp.float32)
-    h0, c0 = state0
-    if not train:
-        outputs, h_n, c_n = cpu.lstm_forward(gx, weights["weight_hh"], h0, c0, valid, reverse=reverse)
-        return ((h_n, c_n), outputs), None
-    outputs, hs, cs, z = cpu.lstm_forward_train(gx, weights["weight_hh"], h0, c0, valid, reverse=reverse)
-    last = 0 if reverse else -1
-    # The state each step started from, in time order: h0 first for the forward direction, last for reverse.
-    if reverse:
-        previous = (jnp.concatenate([hs[1:], h0[None]]), jnp.concatenate([cs[1:], c0[None]]))
-    else:
-        previous = (jnp.concatenate([h0[None], hs[:-1]]), jnp.concatenate([c0[None], cs[:-1]]))
-    return ((hs[last], cs[last]), outputs), (weights, x, mask, z, None, previous)
 
+    def inputs(weights: Weights, x: Array, mask: Array | None) -> tuple[Array, Array]:
+        gx = _add_bias(project_input(weights, x), weights["bias_hh"])  # both biases, added once for all steps
+        valid = jnp.ones(x.shape[:2], jnp.float32) if mask is None else mask.astype(jnp.float32)
+        return gx, valid
 
-def _fused_scan(cell: _Cell, reverse: bool, unroll: int, hoisted: bool, cpu_kernel: bool = False):
-    """``scan(weights, x, state, mask) -> (state, outputs)`` with the fused backward pass as its VJP.
-
-    With ``cpu_kernel`` the forward loop is :func:`jaxrnn.kernels.cpu.lstm_forward` (LSTM only).
-    """
+    @jax.custom_vjp
+    def scan(weights: Weights, x: Array, state0: State, mask: Array | None) -> tuple[State, Array]:
+        gx, valid = inputs(weights, x, mask)  # no gradient wanted: the kernel keeps nothing for a backward pass
+        outputs, h_n, c_n = cpu.lstm_forward(gx, weights["weight_hh"], *state0, valid, reverse=reverse)
+        return (h_n, c_n), outputs
 
     def forward(weights: Weights, x: Array, state0: State, mask: Array | None):
-        if cpu_kernel:
-            return _kernel_forward(weights, x, state0, mask, reverse, train=True)
+        gx, valid = inputs(weights, x, mask)
+        h0, c0 = state0
+        outputs, hs, cs, z = cpu.lstm_forward_train(gx, weights["weight_hh"], h0, c0, valid, reverse=reverse)
+        last = 0 if reverse else -1
+        return ((hs[last], cs[last]), outputs), (weights, x, mask, valid, z, hs, cs, h0, c0)
 
+    def backward(residuals: tuple, cotangents: tuple) -> tuple:
+        weights, x, mask, valid, z, hs, cs, h0, c0 = residuals
+        (dh_n, dc_n), d_outputs = cotangents
+        dz, dh0, dc0 = cpu.lstm_backward(z, cs, c0, d_outputs, dh_n, dc_n, valid, weights["weight_hh"], reverse=reverse)
+        # The h each step started from, in time order.
+        previous_h = jnp.concatenate([hs[1:], h0[None]]) if reverse else jnp.concatenate([h0[None], hs[:-1]])
+        has_bias = weights["bias_ih"] is not None
+        grads = {
+            "weight_ih": jnp.einsum("lng,lni->gi", dz, x),
+            "weight_hh": jnp.einsum("lng,lnp->gp", dz, previous_h),
+            "bias_ih": dz.sum((0, 1)) if has_bias else None,
+            "bias_hh": dz.sum((0, 1)) if has_bias else None,
+            "weight_hr": None,
+        }
+        return grads, dz @ weights["weight_ih"], (dh0, dc0), None
+
+    scan.defvjp(forward, backward)
+    return scan
+
+
+def _fused_scan(cell: _Cell, reverse: bool, unroll: int, hoisted: bool):
+    """``scan(weights, x, state, mask) -> (state, outputs)`` with the fused backward pass as its VJP."""
+
+    def forward(weights: Weights, x: Array, state0: State, mask: Array | None):
         weight_ih_t, weight_hh_t = _transposed(weights)
 
         def body(state: State, inputs: tuple) -> tuple[State, tuple]:
@@ -208,13 +223,8 @@ def _fused_scan(cell: _Cell, reverse: bool, unroll: int, hoisted: bool, cpu_kern
                 new_state, h = cell.combine(gx_t, gh_t, state_t, weight_hr)
                 return _mask_step(valid_t, new_state, h, state_t)
 
-            if gh_t is None:  # gx_t holds the pre-activations gx + gh (the CPU kernel's residual)
-                _, vjp = jax.vjp(lambda z, s, w: step(z, jnp.zeros((), z.dtype), s, w), gx_t, state_t, weight_hr)
-                dgx_t, d_prev, d_hr_t = vjp((d_state, d_out_t))
-                dgh_t = dgx_t
-            else:
-                _, vjp = jax.vjp(step, gx_t, gh_t, state_t, weight_hr)
-                dgx_t, dgh_t, d_prev, d_hr_t = vjp((d_state, d_out_t))
+            _, vjp = jax.vjp(step, gx_t, gh_t, state_t, weight_hr)
+            dgx_t, dgh_t, d_prev, d_hr_t = vjp((d_state, d_out_t))
             d_prev = (d_prev[0] + dgh_t @ weights["weight_hh"],) + tuple(d_prev[1:])
             if d_hr is not None:
                 d_hr = d_hr + d_hr_t
@@ -224,8 +234,6 @@ def _fused_scan(cell: _Cell, reverse: bool, unroll: int, hoisted: bool, cpu_kern
         (d_state0, d_hr), (dgx, dgh) = jax.lax.scan(
             body, (tuple(d_final), d_hr0), (gx, gh, previous, d_outputs, mask), reverse=not reverse, unroll=unroll
         )
-        if gh is None:
-            dgh = dgx
         # Everything that does not feed the recurrence: one large matmul each, over all L*N rows.
         has_bias = weights["bias_ih"] is not None
         grads = {
@@ -239,8 +247,6 @@ def _fused_scan(cell: _Cell, reverse: bool, unroll: int, hoisted: bool, cpu_kern
 
     @jax.custom_vjp
     def scan(weights: Weights, x: Array, state0: State, mask: Array | None) -> tuple[State, Array]:
-        if cpu_kernel:  # no gradient wanted: the kernel keeps nothing for a backward pass
-            return _kernel_forward(weights, x, state0, mask, reverse, train=False)[0]
         return forward(weights, x, state0, mask)[0]
 
     scan.defvjp(forward, backward)

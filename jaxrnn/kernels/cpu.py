@@ -32,7 +32,7 @@ import numpy as np
 Array = jax.Array
 
 SOURCE = pathlib.Path(__file__).with_name("lstm_cpu.cc")
-TARGETS = ("jaxrnn_lstm_forward", "jaxrnn_lstm_forward_train")
+TARGETS = ("jaxrnn_lstm_forward", "jaxrnn_lstm_forward_train", "jaxrnn_lstm_backward")
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread"]
 UNIT_BLOCK = 16  # hidden units per block: the hidden size must be a multiple of this
 
@@ -184,3 +184,45 @@ def lstm_forward_train(
     states = jax.ShapeDtypeStruct((steps, batch, four_h // 4), jnp.float32)
     z = jax.ShapeDtypeStruct(gx.shape, jnp.float32)
     return _call(TARGETS[1], (states, states, states, z), gx, weight_hh, h0, c0, valid, reverse, threads)
+
+
+def pack_weight_hh_backward(weight_hh: Array) -> Array:
+    """``W_hh`` ``(4H, H)`` -> ``(H/16, 4H, 16)``: ``packed[u, k, j] = W_hh[k, 16 u + j]``, panels of ``dh`` columns."""
+    four_h, hidden = weight_hh.shape
+    return weight_hh.reshape(four_h, hidden // UNIT_BLOCK, UNIT_BLOCK).transpose(1, 0, 2)
+
+
+def lstm_backward(
+    z: Array,
+    cs: Array,
+    c0: Array,
+    d_outputs: Array,
+    dh_n: Array,
+    dc_n: Array,
+    valid: Array,
+    weight_hh: Array,
+    *,
+    reverse: bool,
+    threads: int | None = None,
+) -> tuple[Array, Array, Array]:
+    """The backward pass of :func:`lstm_forward_train` through the recurrence.
+
+    Args:
+      z, cs: from :func:`lstm_forward_train`: ``(T, B, 4H)`` pre-activations, ``(T, B, H)`` cell states.
+      c0: ``(B, H)`` initial cell state.
+      d_outputs: ``(T, B, H)`` gradient of the outputs; dh_n, dc_n ``(B, H)`` of the final state.
+      valid, weight_hh, reverse, threads: as for the forward.
+    Returns ``(dz, dh0, dc0)``: the pre-activation gradients ``(T, B, 4H)`` (zero on padding), from
+    which the weight, bias and input gradients follow as large matmuls, and those of the initial state.
+    """
+    reason = unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"jaxrnn's CPU kernel is unavailable: {reason}")
+    steps, batch, four_h = z.shape
+    state = jax.ShapeDtypeStruct((batch, four_h // 4), jnp.float32)
+    call = jax.ffi.ffi_call(
+        TARGETS[2], (jax.ShapeDtypeStruct(z.shape, jnp.float32), state, state), vmap_method="sequential"
+    )
+    packed = pack_weight_hh_backward(weight_hh)
+    threads = np.int64(threads or default_threads())
+    return call(z, cs, c0, d_outputs, dh_n, dc_n, valid, packed, reverse=bool(reverse), threads=threads)

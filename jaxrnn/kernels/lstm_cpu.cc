@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -137,112 +138,231 @@ void unit_block(const Step& s, int u) {
   }
 }
 
-// One call's work, shared with the helper tasks (which may start late, or after the call is over:
-// they hold it by shared_ptr and touch the buffers only through blocks they claimed before the end).
-struct Sequence {
-  int T, B, H, U;
-  bool reverse;
-  const float *gx, *wp, *h0, *c0, *valid;
-  float *out, *hs, *cs, *z;     // hs, cs, z are null for inference
-  std::vector<float> scratch;  // inference: the state ping-pongs between two (h, c) pairs
-  // claims[s] packs the next unclaimed unit block of step s from the front (high 32 bits) and the
-  // end of the unclaimed range (low 32 bits): participant 0 takes blocks from the front, helpers from
-  // the back, so each thread keeps mostly the same weight panels in its cache from step to step.
+// Phases of U blocks each, run in order by the calling thread and any helpers that join: phase p
+// starts when every block of phase p - 1 is done. Helpers may start late, or after the call is over:
+// they hold the work by shared_ptr and touch the buffers only through blocks claimed before the end.
+struct Phases {
+  int P, U;
+  std::function<void(int, int)> run;  // run(phase, block)
+  // claims[p] packs the next unclaimed block of phase p from the front (high 32 bits) and the end of
+  // the unclaimed range (low 32 bits): the caller takes blocks from the front, helpers from the back,
+  // so each thread keeps mostly the same weight panels in its cache from phase to phase.
   std::vector<std::atomic<uint64_t>> claims;
-  std::atomic<int64_t> done{0};  // blocks finished, over all steps
+  std::atomic<int64_t> done{0};  // blocks finished, over all phases
 
-  Step step_args(int step) {
-    const size_t state = (size_t)B * H;
-    const int t = reverse ? T - 1 - step : step, before = reverse ? t + 1 : t - 1;
-    const float *hprev, *cprev;
-    float *h_dst, *c_dst;
-    if (hs) {
-      hprev = step == 0 ? h0 : hs + before * state;
-      cprev = step == 0 ? c0 : cs + before * state;
-      h_dst = hs + t * state;
-      c_dst = cs + t * state;
-    } else {
-      float* ping = scratch.data() + (step % 2) * 2 * state;        // this step writes here
-      float* pong = scratch.data() + ((step + 1) % 2) * 2 * state;  // the previous step wrote here
-      hprev = step == 0 ? h0 : pong;
-      cprev = step == 0 ? c0 : pong + state;
-      h_dst = ping;
-      c_dst = ping + state;
-    }
-    return Step{B, H, H, hprev, cprev, wp, gx + t * 4 * state, valid + (size_t)t * B, out + t * state,
-                h_dst, c_dst, z ? z + t * 4 * state : nullptr};
+  Phases(int P, int U, std::function<void(int, int)> run) : P(P), U(U), run(std::move(run)), claims(P) {
+    for (auto& c : claims) c.store((uint64_t)U, std::memory_order_relaxed);  // lo = 0, hi = U
   }
 
-  // Claims one unit block of `step` from the front or the back; -1 when none is left.
-  int claim(int step, bool front) {
-    uint64_t packed = claims[step].load(std::memory_order_relaxed);
+  int claim(int p, bool front) {
+    uint64_t packed = claims[p].load(std::memory_order_relaxed);
     while (true) {
       const uint32_t lo = packed >> 32, hi = (uint32_t)packed;
       if (lo >= hi) return -1;
       const uint64_t next = front ? ((uint64_t)(lo + 1) << 32) | hi : ((uint64_t)lo << 32) | (hi - 1);
-      if (claims[step].compare_exchange_weak(packed, next, std::memory_order_relaxed)) return front ? lo : hi - 1;
+      if (claims[p].compare_exchange_weak(packed, next, std::memory_order_relaxed)) return front ? lo : hi - 1;
     }
   }
 
-  // Works on the sequence until every block of every step is claimed. A step starts only when
-  // all blocks of the step before are done. Safe to call from any number of threads.
   void participate(bool front) {
-    for (int step = (int)(done.load(std::memory_order_acquire) / U); step < T; ++step) {
-      while (done.load(std::memory_order_acquire) < (int64_t)step * U) _mm_pause();
-      Step s = step_args(step);
-      for (int u; (u = claim(step, front)) >= 0;) {
-        unit_block(s, u);
+    for (int p = (int)(done.load(std::memory_order_acquire) / U); p < P; ++p) {
+      while (done.load(std::memory_order_acquire) < (int64_t)p * U) _mm_pause();
+      for (int u; (u = claim(p, front)) >= 0;) {
+        run(p, u);
         done.fetch_add(1, std::memory_order_acq_rel);
       }
     }
   }
 };
 
-// Runs the sequence. With `keep` (training) every step's state goes to hs/cs and the
-// pre-activations to z. Helpers are tasks on XLA's own intra-op thread pool, so they do not
-// fight XLA's threads for the cores; the calling thread alone finishes if none of them starts.
-ffi::Error Run(const char* name, ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& gx, ffi::Buffer<ffi::F32>& wp,
-               ffi::Buffer<ffi::F32>& h0, ffi::Buffer<ffi::F32>& c0, ffi::Buffer<ffi::F32>& valid, bool reverse,
-               int64_t threads, float* out, float* hs, float* cs, float* z, float* h_n, float* c_n) {
-  auto dims = gx.dimensions();
-  if (dims.size() != 3 || dims[2] % 64 != 0) {
-    return ffi::Error::InvalidArgument(std::string(name) + ": gx must be (T, B, 4H) with H a multiple of 16");
+// Runs all phases on the calling thread plus up to `threads - 1` tasks on XLA's intra-op pool (so
+// they do not fight XLA's own threads for the cores). The caller alone finishes if no helper starts.
+// `owner` keeps the work's buffers alive for late helpers.
+void RunPhases(ffi::ThreadPool& pool, int64_t threads, std::shared_ptr<Phases> phases, std::shared_ptr<void> owner) {
+  const int64_t helpers = std::min<int64_t>(std::max<int64_t>(threads, 1), phases->U) - 1;
+  for (int64_t i = 0; i < helpers && phases->P > 0; ++i) {
+    pool.Schedule([phases, owner] { phases->participate(false); });
   }
-  const int T = dims[0], B = dims[1], H = dims[2] / 4, U = H / 16;
-  const size_t state = (size_t)B * H;
-  auto seq = std::make_shared<Sequence>();
-  seq->T = T, seq->B = B, seq->H = H, seq->U = U, seq->reverse = reverse;
-  seq->gx = gx.typed_data(), seq->wp = wp.typed_data(), seq->h0 = h0.typed_data(), seq->c0 = c0.typed_data();
-  seq->valid = valid.typed_data(), seq->out = out, seq->hs = hs, seq->cs = cs, seq->z = z;
-  if (!hs) seq->scratch.resize(4 * state);
-  seq->claims = std::vector<std::atomic<uint64_t>>(T);
-  for (auto& c : seq->claims) c.store((uint64_t)U, std::memory_order_relaxed);  // lo = 0, hi = U
-  const int64_t helpers = std::min<int64_t>(std::max<int64_t>(threads, 1), U) - 1;
-  for (int64_t i = 0; i < helpers && T > 0; ++i) pool.Schedule([seq] { seq->participate(false); });
-  seq->participate(true);
-  while (seq->done.load(std::memory_order_acquire) < (int64_t)T * U) _mm_pause();  // helpers' last blocks
-  if (!hs) {
-    const float* last = T == 0 ? nullptr : seq->scratch.data() + ((T - 1) % 2) * 2 * state;
-    std::memcpy(h_n, T == 0 ? h0.typed_data() : last, state * sizeof(float));
-    std::memcpy(c_n, T == 0 ? c0.typed_data() : last + state, state * sizeof(float));
+  phases->participate(true);
+  const int64_t total = (int64_t)phases->P * phases->U;
+  while (phases->done.load(std::memory_order_acquire) < total) _mm_pause();  // helpers' last blocks
+}
+
+// The state a step starts from and where it writes, for step number `step` of T (in processing order).
+struct StateIndex {
+  int t, before;  // time index of this step and of the previous one (in processing order)
+  StateIndex(int step, int T, bool reverse)
+      : t(reverse ? T - 1 - step : step), before(reverse ? T - step : step - 1) {}
+};
+
+ffi::Error CheckGates(const char* name, ffi::Buffer<ffi::F32>& gates) {
+  auto dims = gates.dimensions();
+  if (dims.size() != 3 || dims[2] % 64 != 0) {
+    return ffi::Error::InvalidArgument(std::string(name) + ": gates must be (T, B, 4H) with H a multiple of 16");
   }
   return ffi::Error::Success();
 }
 
-ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> wp, ffi::Buffer<ffi::F32> h0,
-                       ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> valid, bool reverse, int64_t threads,
-                       ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> h_n,
-                       ffi::ResultBuffer<ffi::F32> c_n) {
-  return Run("jaxrnn_lstm_forward", pool, gx, wp, h0, c0, valid, reverse, threads, out->typed_data(), nullptr, nullptr,
-             nullptr, h_n->typed_data(), c_n->typed_data());
+// Forward. With hs (training) every step's state goes to hs/cs and the pre-activations to z;
+// without (inference) the state ping-pongs between two (h, c) pairs.
+ffi::Error Forward(const char* name, ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& gx, ffi::Buffer<ffi::F32>& wp,
+                   ffi::Buffer<ffi::F32>& h0, ffi::Buffer<ffi::F32>& c0, ffi::Buffer<ffi::F32>& valid, bool reverse,
+                   int64_t threads, float* out, float* hs, float* cs, float* z, float* h_n, float* c_n) {
+  if (auto error = CheckGates(name, gx); error.failure()) return error;
+  auto dims = gx.dimensions();
+  const int T = dims[0], B = dims[1], H = dims[2] / 4, U = H / 16;
+  const size_t state = (size_t)B * H;
+  auto scratch = std::make_shared<std::vector<float>>(hs ? 0 : 4 * state);
+  const float *gx_p = gx.typed_data(), *wp_p = wp.typed_data(), *h0_p = h0.typed_data(), *c0_p = c0.typed_data();
+  const float* valid_p = valid.typed_data();
+  float* ping_pong = scratch->data();
+  auto step_args = [=](int step) {
+    StateIndex at(step, T, reverse);
+    const float *hprev, *cprev;
+    float *h_dst, *c_dst;
+    if (hs) {
+      hprev = step == 0 ? h0_p : hs + at.before * state;
+      cprev = step == 0 ? c0_p : cs + at.before * state;
+      h_dst = hs + at.t * state;
+      c_dst = cs + at.t * state;
+    } else {
+      float* ping = ping_pong + (step % 2) * 2 * state;        // this step writes here
+      float* pong = ping_pong + ((step + 1) % 2) * 2 * state;  // the previous step wrote here
+      hprev = step == 0 ? h0_p : pong;
+      cprev = step == 0 ? c0_p : pong + state;
+      h_dst = ping;
+      c_dst = ping + state;
+    }
+    return Step{B, H, H, hprev, cprev, wp_p, gx_p + at.t * 4 * state, valid_p + (size_t)at.t * B,
+                out + at.t * state, h_dst, c_dst, z ? z + at.t * 4 * state : nullptr};
+  };
+  auto phases = std::make_shared<Phases>(T, U, [=](int step, int u) { unit_block(step_args(step), u); });
+  RunPhases(pool, threads, phases, scratch);
+  if (!hs) {
+    const float* last = T == 0 ? nullptr : ping_pong + ((T - 1) % 2) * 2 * state;
+    std::memcpy(h_n, T == 0 ? h0_p : last, state * sizeof(float));
+    std::memcpy(c_n, T == 0 ? c0_p : last + state, state * sizeof(float));
+  }
+  return ffi::Error::Success();
 }
 
-ffi::Error LstmForwardTrain(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> wp, ffi::Buffer<ffi::F32> h0,
-                            ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> valid, bool reverse, int64_t threads,
-                            ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> hs,
-                            ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> z) {
-  return Run("jaxrnn_lstm_forward_train", pool, gx, wp, h0, c0, valid, reverse, threads, out->typed_data(),
-             hs->typed_data(), cs->typed_data(), z->typed_data(), nullptr, nullptr);
+ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> wp,
+                       ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> valid, bool reverse,
+                       int64_t threads, ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> h_n,
+                       ffi::ResultBuffer<ffi::F32> c_n) {
+  return Forward("jaxrnn_lstm_forward", pool, gx, wp, h0, c0, valid, reverse, threads, out->typed_data(), nullptr,
+                 nullptr, nullptr, h_n->typed_data(), c_n->typed_data());
+}
+
+ffi::Error LstmForwardTrain(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> wp,
+                            ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> valid,
+                            bool reverse, int64_t threads, ffi::ResultBuffer<ffi::F32> out,
+                            ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> cs,
+                            ffi::ResultBuffer<ffi::F32> z) {
+  return Forward("jaxrnn_lstm_forward_train", pool, gx, wp, h0, c0, valid, reverse, threads, out->typed_data(),
+                 hs->typed_data(), cs->typed_data(), z->typed_data(), nullptr, nullptr);
+}
+
+// ---- backward -------------------------------------------------------------------------------
+
+// acc[m] = sum_k a[m, k] * w[k, 0:16] for MR rows of a (row stride lda) and a (K, 16) weight panel.
+template <int MR>
+inline void tile16(int K, const float* a, int lda, const float* w, __m512* acc) {
+  for (int m = 0; m < MR; ++m) acc[m] = _mm512_setzero_ps();
+  for (int k = 0; k < K; ++k) {
+    const __m512 wk = _mm512_loadu_ps(w + k * 16);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) acc[m] = _mm512_fmadd_ps(_mm512_set1_ps(a[m * lda + k]), wk, acc[m]);
+  }
+}
+
+// dh[rows, 16 u : 16 u + 16] = dz[rows] @ W_hh[:, 16 u : 16 u + 16] on valid rows (padding rows keep dh).
+template <int MR>
+void backward_matmul_rows(int B, int H, int u, int r, const float* dz, const float* wb, const float* valid,
+                          float* dh) {
+  __m512 acc[MR];
+  tile16<MR>(4 * H, dz + (size_t)r * 4 * H, 4 * H, wb + (size_t)u * 4 * H * 16, acc);
+  for (int m = 0; m < MR; ++m) {
+    if (valid[r + m] > 0.5f) _mm512_storeu_ps(dh + (size_t)(r + m) * H + u * 16, acc[m]);
+  }
+}
+
+void backward_matmul(int B, int H, int u, const float* dz, const float* wb, const float* valid, float* dh) {
+  int r = 0;
+  for (; r + 8 <= B; r += 8) backward_matmul_rows<8>(B, H, u, r, dz, wb, valid, dh);
+  switch (B - r) {
+    case 7: backward_matmul_rows<7>(B, H, u, r, dz, wb, valid, dh); break;
+    case 6: backward_matmul_rows<6>(B, H, u, r, dz, wb, valid, dh); break;
+    case 5: backward_matmul_rows<5>(B, H, u, r, dz, wb, valid, dh); break;
+    case 4: backward_matmul_rows<4>(B, H, u, r, dz, wb, valid, dh); break;
+    case 3: backward_matmul_rows<3>(B, H, u, r, dz, wb, valid, dh); break;
+    case 2: backward_matmul_rows<2>(B, H, u, r, dz, wb, valid, dh); break;
+    case 1: backward_matmul_rows<1>(B, H, u, r, dz, wb, valid, dh); break;
+    default: break;
+  }
+}
+
+// Gate gradients of one step for the 16 units of block u, every row: from the carried dh, dc (and
+// this step's output gradient), writes dz (the pre-activation gradients) and dc for the step before.
+// Padding rows get dz = 0 and carry dh, dc unchanged.
+void backward_gates(int B, int H, int u, const float* z, const float* c_prev, const float* c, const float* d_out,
+                    const float* valid, const float* dh, float* dc, float* dz) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int row = 0; row < B; ++row) {
+    const size_t gate0 = (size_t)row * 4 * H + u * 16, unit0 = (size_t)row * H + u * 16;
+    if (valid[row] <= 0.5f) {
+      for (int q = 0; q < 4; ++q) _mm512_storeu_ps(dz + gate0 + q * H, _mm512_setzero_ps());
+      continue;
+    }
+    const __m512 i = sigmoid512(_mm512_loadu_ps(z + gate0)), f = sigmoid512(_mm512_loadu_ps(z + gate0 + H));
+    const __m512 g = tanh512(_mm512_loadu_ps(z + gate0 + 2 * H)), o = sigmoid512(_mm512_loadu_ps(z + gate0 + 3 * H));
+    const __m512 tc = tanh512(_mm512_loadu_ps(c + unit0));
+    const __m512 dh_t = _mm512_add_ps(_mm512_loadu_ps(dh + unit0), _mm512_loadu_ps(d_out + unit0));
+    // dc_t = dc + dh_t * o * (1 - tanh(c)^2)
+    const __m512 dct = _mm512_fmadd_ps(_mm512_mul_ps(dh_t, o), _mm512_fnmadd_ps(tc, tc, one), _mm512_loadu_ps(dc + unit0));
+    const __m512 di = _mm512_mul_ps(_mm512_mul_ps(dct, g), _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
+    const __m512 df = _mm512_mul_ps(_mm512_mul_ps(dct, _mm512_loadu_ps(c_prev + unit0)), _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
+    const __m512 dg = _mm512_mul_ps(_mm512_mul_ps(dct, i), _mm512_fnmadd_ps(g, g, one));
+    const __m512 d_o = _mm512_mul_ps(_mm512_mul_ps(dh_t, tc), _mm512_mul_ps(o, _mm512_sub_ps(one, o)));
+    _mm512_storeu_ps(dz + gate0, di);
+    _mm512_storeu_ps(dz + gate0 + H, df);
+    _mm512_storeu_ps(dz + gate0 + 2 * H, dg);
+    _mm512_storeu_ps(dz + gate0 + 3 * H, d_o);
+    _mm512_storeu_ps(dc + unit0, _mm512_mul_ps(dct, f));
+  }
+}
+
+// Backward through the whole sequence, in the opposite order to the forward. Each step is two
+// phases: the gate gradients (by unit block), then dh_{t-1} = dz_t @ W_hh (by unit block of dh).
+ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> cs,
+                        ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> d_out, ffi::Buffer<ffi::F32> dh_n,
+                        ffi::Buffer<ffi::F32> dc_n, ffi::Buffer<ffi::F32> valid, ffi::Buffer<ffi::F32> wb,
+                        bool reverse, int64_t threads, ffi::ResultBuffer<ffi::F32> dz_out,
+                        ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
+  if (auto error = CheckGates("jaxrnn_lstm_backward", z); error.failure()) return error;
+  auto dims = z.dimensions();
+  const int T = dims[0], B = dims[1], H = dims[2] / 4, U = H / 16;
+  const size_t state = (size_t)B * H;
+  float *dh = dh0->typed_data(), *dc = dc0->typed_data(), *dz = dz_out->typed_data();
+  std::memcpy(dh, dh_n.typed_data(), state * sizeof(float));  // the carried gradients live in dh0, dc0
+  std::memcpy(dc, dc_n.typed_data(), state * sizeof(float));
+  const float *z_p = z.typed_data(), *cs_p = cs.typed_data(), *c0_p = c0.typed_data();
+  const float *d_out_p = d_out.typed_data(), *valid_p = valid.typed_data(), *wb_p = wb.typed_data();
+  auto run = [=](int phase, int u) {
+    const int back_step = phase / 2;  // 0 is the forward's last step
+    StateIndex at(T - 1 - back_step, T, reverse);
+    const float* valid_t = valid_p + (size_t)at.t * B;
+    float* dz_t = dz + at.t * 4 * state;
+    if (phase % 2 == 0) {
+      const float* c_prev = back_step == T - 1 ? c0_p : cs_p + at.before * state;
+      backward_gates(B, H, u, z_p + at.t * 4 * state, c_prev, cs_p + at.t * state, d_out_p + at.t * state, valid_t,
+                     dh, dc, dz_t);
+    } else {
+      backward_matmul(B, H, u, dz_t, wb_p, valid_t, dh);
+    }
+  };
+  RunPhases(pool, threads, std::make_shared<Phases>(2 * T, U, run), nullptr);
+  return ffi::Error::Success();
 }
 
 }  // namespace
@@ -267,3 +387,22 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_forward_train, LstmForwardTrain,
                               JAXRNN_LSTM_ARGS.Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+// Backward: dz (T, B, 4H), dh0 (B, H), dc0 (B, H) from z, cs (T, B, H), c0, d_out (T, B, H), dh_n, dc_n,
+// valid and W_hh packed as (H/16, 4H, 16): wb[u, k, j] = W_hh[k, 16 u + j].
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_lstm_backward, LstmBackward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // z
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cs
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d_out
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dh_n
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dc_n
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // valid
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // wb
+                                  .Attr<bool>("reverse")
+                                  .Attr<int64_t>("threads")
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dz
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dh0
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dc0
+);
