@@ -64,7 +64,8 @@ class Recurrence(nn.Module):
         ``hidden_size`` a multiple of 16, no ``proj_size``, no ``record_states``,
         and the kernel builds on this machine; otherwise, and for RNN and GRU, the
         XLA loop. ``"never"`` always uses the XLA loop; ``"always"`` raises where
-        the kernel does not apply. Its gradient is the ``fused_backward`` pass.
+        the kernel does not apply. Its backward loop is a kernel too; reverse-mode
+        only (``jax.grad``/``vjp``, not ``jvp``); ``cpu_kernel='never'`` for ``jvp``.
       record_states: also store every step's state (``h``, and ``c`` for LSTM),
         each ``(L, N, ·)``, with ``self.sow('intermediates', 'states', ...)``. On
         padded steps that is the carried, unchanged state.

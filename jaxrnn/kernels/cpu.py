@@ -4,7 +4,9 @@ XLA's CPU loop runs one small matmul per time step well below the machine's
 GEMM speed and spreads it badly over cores (see the README's performance
 section). ``lstm_cpu.cc`` does the whole loop of one direction in one call: per
 step one pass over the packed ``W_hh`` with the gates fused into the matmul's
-epilogue, split over threads by hidden units, AVX-512.
+epilogue (AVX-512); the backward loop likewise (gate gradients, then
+``dz @ W_hh``). The calling thread and helper tasks on XLA's own intra-op
+thread pool share each step's 16-unit blocks.
 
 The source ships with jaxrnn and is compiled with the system's C++ compiler
 (``$CXX``, else ``g++``) into ``$JAXRNN_KERNEL_CACHE`` (default
