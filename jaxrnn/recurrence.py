@@ -61,7 +61,7 @@ class Recurrence(nn.Module):
         Otherwise the forward loop is ``nn.scan`` and JAX derives the backward.
       cpu_kernel: ``"auto"`` runs the LSTM loop in jaxrnn's hand-written CPU
         kernel (:mod:`jaxrnn.kernels.cpu`) where it applies: CPU backend, float32,
-        ``hidden_size`` a multiple of 16, no ``proj_size``, no ``record_states``,
+        any ``hidden_size`` (zero-padded to a multiple of 16 inside), no ``proj_size``, no ``record_states``,
         and the kernel builds on this machine; otherwise, and for RNN and GRU, the
         XLA loop. ``"never"`` always uses the XLA loop; ``"always"`` raises where
         the kernel does not apply. Its backward loop is a kernel too; reverse-mode
@@ -141,7 +141,7 @@ class Recurrence(nn.Module):
         if self.cpu_kernel == "always" and not applies:
             raise ValueError(
                 "cpu_kernel='always': the CPU kernel runs float32 LSTM layers without proj_size or record_states, "
-                f"hidden_size a multiple of 16, on the CPU backend ({type(cell).__name__}, hidden_size="
+                f"on the CPU backend ({type(cell).__name__}, hidden_size="
                 f"{cell.hidden_size}, dtype {x.dtype}, backend {jax.default_backend()}; kernel: "
                 f"{cpu.unavailable_reason() or 'available'})."
             )
@@ -170,14 +170,16 @@ def _kernel_scan(reverse: bool):
         gx, valid = inputs(weights, x, mask)
         h0, c0 = state0
         outputs, hs, cs, z = cpu.lstm_forward_train(gx, weights["weight_hh"], h0, c0, valid, reverse=reverse)
-        last = 0 if reverse else -1
-        return ((hs[last], cs[last]), outputs), (weights, x, mask, valid, z, hs, cs, h0, c0)
+        last, units = (0 if reverse else -1), h0.shape[-1]  # hs, cs may carry zero padding units
+        final = (hs[last, :, :units], cs[last, :, :units])
+        return (final, outputs), (weights, x, mask, valid, z, hs, cs, h0, c0)
 
     def backward(residuals: tuple, cotangents: tuple) -> tuple:
         weights, x, mask, valid, z, hs, cs, h0, c0 = residuals
         (dh_n, dc_n), d_outputs = cotangents
         dz, dh0, dc0 = cpu.lstm_backward(z, cs, c0, d_outputs, dh_n, dc_n, valid, weights["weight_hh"], reverse=reverse)
-        # The h each step started from, in time order.
+        # The h each step started from, in time order (hs may carry zero padding units: cut them).
+        hs = hs[..., : h0.shape[-1]]
         previous_h = jnp.concatenate([hs[1:], h0[None]]) if reverse else jnp.concatenate([h0[None], hs[:-1]])
         has_bias = weights["bias_ih"] is not None
         grads = {

@@ -29,12 +29,12 @@ def _run(module, params, x, lengths):
 
 
 @needs_kernel
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_kernel_equals_xla_loop(bidirectional):
+@pytest.mark.parametrize("bidirectional, hidden", [(False, 32), (True, 32), (True, 21)])
+def test_kernel_equals_xla_loop(bidirectional, hidden):
     x = jax.random.normal(jax.random.key(0), (9, 7, 10))
     lengths = jnp.array([9, 3, 0, 5, 1, 9, 8])  # a length 0 keeps h_0 and gives zero outputs
-    kernel = jaxrnn.LSTM(10, 32, num_layers=2, bidirectional=bidirectional, cpu_kernel="always")
-    xla = jaxrnn.LSTM(10, 32, num_layers=2, bidirectional=bidirectional, cpu_kernel="never")
+    kernel = jaxrnn.LSTM(10, hidden, num_layers=2, bidirectional=bidirectional, cpu_kernel="always")
+    xla = jaxrnn.LSTM(10, hidden, num_layers=2, bidirectional=bidirectional, cpu_kernel="never")
     params = kernel.init(jax.random.key(1), x)
     (k_results, k_grads), (x_results, x_grads) = _run(kernel, params, x, lengths), _run(xla, params, x, lengths)
     for a, b in zip(k_results, x_results):
@@ -53,15 +53,16 @@ def test_auto_uses_the_kernel_where_it_applies():
         return jax.jit(module.apply).lower(params, x).as_text()
 
     assert cpu.TARGETS[0] in lowered(jaxrnn.LSTM(3, 16))
-    assert cpu.TARGETS[0] not in lowered(jaxrnn.LSTM(3, 20))  # hidden not a multiple of 16: the XLA loop
+    assert cpu.TARGETS[0] in lowered(jaxrnn.LSTM(3, 20))  # zero-padded to 32 units inside
     assert cpu.TARGETS[0] not in lowered(jaxrnn.LSTM(3, 16, proj_size=8))
+    assert cpu.TARGETS[0] not in lowered(jaxrnn.GRU(3, 16))
     assert cpu.TARGETS[0] not in lowered(jaxrnn.LSTM(3, 16, cpu_kernel="never"))
 
 
 def test_always_raises_where_the_kernel_does_not_apply():
     x = jnp.ones((4, 2, 3))
     for module, what in [
-        (jaxrnn.LSTM(3, 20, cpu_kernel="always"), "hidden_size=20"),
+        (jaxrnn.LSTM(3, 20, proj_size=5, cpu_kernel="always"), "hidden_size=20"),
         (jaxrnn.GRU(3, 16, cpu_kernel="always"), "GRUCell"),
     ]:
         with pytest.raises(ValueError, match="cpu_kernel='always'") as error:
@@ -77,7 +78,7 @@ def test_bad_cpu_kernel_value():
 @needs_kernel
 def test_direct_call_checks_weight_shape():
     gx, h = jnp.zeros((3, 2, 64)), jnp.zeros((2, 16))
-    with pytest.raises(ValueError, match=r"expected weight_hh of shape \(64, 16\).*got \(64, 8\)"):
+    with pytest.raises(ValueError, match=r"got weight_hh \(64, 8\) and gx \(3, 2, 64\)"):
         cpu.lstm_forward(gx, jnp.zeros((64, 8)), h, h, jnp.ones((3, 2)), reverse=False)
 
 

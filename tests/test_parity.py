@@ -165,7 +165,7 @@ def test_parity_float64(kind, data, parity_log):
         check_case(data.draw(cases(kind)), "float64", parity_log)
 
 
-KERNEL_CASES = [  # LSTM shapes the CPU kernel runs (hidden a multiple of 16, no proj_size), forced on
+KERNEL_CASES = [  # LSTM through the CPU kernel, forced on (hidden 5 and 37: zero-padded units inside)
     {"hidden_size": 16, "num_layers": 1, "bidirectional": False, "batch": 7, "lengths": None, "given_h0": True},
     {
         "hidden_size": 32,
@@ -185,6 +185,8 @@ KERNEL_CASES = [  # LSTM shapes the CPU kernel runs (hidden a multiple of 16, no
         "lengths": [6] * 12 + [1],
         "given_h0": True,
     },
+    {"hidden_size": 5, "num_layers": 2, "bidirectional": True, "batch": 3, "lengths": [6, 2, 4], "given_h0": True},
+    {"hidden_size": 37, "num_layers": 1, "bidirectional": False, "batch": 1, "lengths": None, "given_h0": False},
 ]
 
 

@@ -36,7 +36,7 @@ Array = jax.Array
 SOURCE = pathlib.Path(__file__).with_name("lstm_cpu.cc")
 TARGETS = ("jaxrnn_lstm_forward", "jaxrnn_lstm_forward_train", "jaxrnn_lstm_backward")
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread"]
-UNIT_BLOCK = 16  # hidden units per block: the hidden size must be a multiple of this
+UNIT_BLOCK = 16  # hidden units per block; other hidden sizes are zero-padded to a multiple of it
 
 
 def default_threads() -> int:
@@ -109,7 +109,6 @@ def lstm_supported(hidden_size: int, proj_size: int, dtype: jnp.dtype) -> bool:
     """Whether a layer of these sizes can use the kernel on this machine."""
     return (
         jax.default_backend() == "cpu"
-        and hidden_size % UNIT_BLOCK == 0
         and not proj_size
         and jnp.dtype(dtype) == jnp.float32
         and unavailable_reason() is None
@@ -117,7 +116,7 @@ def lstm_supported(hidden_size: int, proj_size: int, dtype: jnp.dtype) -> bool:
 
 
 def pack_weight_hh(weight_hh: Array) -> Array:
-    """``W_hh`` ``(4H, H)`` -> ``(H/16, H, 64)``, the kernel's layout.
+    """``W_hh`` ``(4H, H)`` (``H`` a multiple of 16) -> ``(H/16, H, 64)``, the forward kernel's layout.
 
     ``packed[u, k, 16 g + j] = W_hh[g H + 16 u + j, k]``: unit block ``u``'s four gates side by side.
     """
@@ -127,30 +126,87 @@ def pack_weight_hh(weight_hh: Array) -> Array:
     return blocks.transpose(1, 3, 0, 2).reshape(hidden // UNIT_BLOCK, k, 4 * UNIT_BLOCK)
 
 
-def _call(
-    target: str,
-    results: tuple,
-    gx: Array,
-    weight_hh: Array,
-    h0: Array,
-    c0: Array,
-    valid: Array,
-    reverse: bool,
-    threads: int | None,
-) -> tuple[Array, ...]:
+def pack_weight_hh_backward(weight_hh: Array) -> Array:
+    """``W_hh`` ``(4H, H)`` -> ``(H/16, 4H, 16)``: ``packed[u, k, j] = W_hh[k, 16 u + j]``, panels of ``dh``."""
+    four_h, hidden = weight_hh.shape
+    return weight_hh.reshape(four_h, hidden // UNIT_BLOCK, UNIT_BLOCK).transpose(1, 0, 2)
+
+
+# -- any hidden size: zero-padded to a multiple of 16 --------------------------------------------
+# A padded unit has zero weights in and out and zero gate inputs, so its gates are sigmoid(0) and
+# tanh(0): its c stays 0 * 0.5 + 0.5 * 0 = 0 and its h = 0.5 * tanh(0) = 0 forever. The real units
+# see exactly the unpadded computation.
+
+
+def padded_size(hidden: int) -> int:
+    return -(-hidden // UNIT_BLOCK) * UNIT_BLOCK
+
+
+def _pad_units(a: Array, hidden: int, gates: int = 1) -> Array:
+    """``(..., gates * H)`` -> ``(..., gates * Hp)``, each gate's units zero-padded."""
+    extra = padded_size(hidden) - hidden
+    if not extra:
+        return a
+    split = a.reshape(a.shape[:-1] + (gates, hidden))
+    return jnp.pad(split, [(0, 0)] * (split.ndim - 1) + [(0, extra)]).reshape(a.shape[:-1] + (-1,))
+
+
+def _unpad_units(a: Array, hidden: int, gates: int = 1) -> Array:
+    padded = padded_size(hidden)
+    if padded == hidden:
+        return a
+    return a.reshape(a.shape[:-1] + (gates, padded))[..., :hidden].reshape(a.shape[:-1] + (gates * hidden,))
+
+
+def _pad_weight_hh(weight_hh: Array, hidden: int) -> Array:
+    extra = padded_size(hidden) - hidden
+    if not extra:
+        return weight_hh
+    return jnp.pad(weight_hh.reshape(4, hidden, hidden), [(0, 0), (0, extra), (0, extra)]).reshape(
+        4 * (hidden + extra), hidden + extra
+    )
+
+
+def _check(target: str, weight_hh: Array, gx: Array | None = None) -> int:
+    """Returns ``H``; raises when the kernel cannot run or the shapes do not fit."""
     reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"jaxrnn's CPU kernel is unavailable: {reason}")
-    steps, batch, four_h = gx.shape
-    hidden = four_h // 4
-    if hidden % UNIT_BLOCK or weight_hh.shape != (four_h, hidden):
-        raise ValueError(
-            f"{target}: expected weight_hh of shape ({four_h}, {hidden}) with hidden a multiple of "
-            f"{UNIT_BLOCK}, got {tuple(weight_hh.shape)}"
+    four_h, hidden = weight_hh.shape if weight_hh.ndim == 2 else (0, 0)
+    if four_h != 4 * hidden or hidden == 0 or (gx is not None and (gx.ndim != 3 or gx.shape[-1] != four_h)):
+        got = f"weight_hh {tuple(weight_hh.shape)}" + ("" if gx is None else f" and gx {tuple(gx.shape)}")
+        raise ValueError(f"{target}: expected weight_hh of shape (4H, H) and gx of shape (T, B, 4H), got {got}")
+    return hidden
+
+
+def _forward(target: str, keep: bool, gx, weight_hh, h0, c0, valid, reverse, threads) -> tuple[Array, ...]:
+    hidden = _check(target, weight_hh, gx)
+    hp = padded_size(hidden)
+    steps, batch, _ = gx.shape
+    state = jax.ShapeDtypeStruct((batch, hp), jnp.float32)
+    states = jax.ShapeDtypeStruct((steps, batch, hp), jnp.float32)
+    results = (
+        (states, states, states, jax.ShapeDtypeStruct((steps, batch, 4 * hp), jnp.float32))
+        if keep
+        else (
+            states,
+            state,
+            state,
         )
+    )
     call = jax.ffi.ffi_call(target, results, vmap_method="sequential")
-    threads = np.int64(threads or default_threads())
-    return call(gx, pack_weight_hh(weight_hh), h0, c0, valid, reverse=bool(reverse), threads=threads)
+    out = call(
+        _pad_units(gx, hidden, 4),
+        pack_weight_hh(_pad_weight_hh(weight_hh, hidden)),
+        _pad_units(h0, hidden),
+        _pad_units(c0, hidden),
+        valid,
+        reverse=bool(reverse),
+        threads=np.int64(threads or default_threads()),
+    )
+    if keep:  # hs, cs, z stay padded: they go back into lstm_backward as they are
+        return (_unpad_units(out[0], hidden),) + tuple(out[1:])
+    return tuple(_unpad_units(a, hidden) for a in out)
 
 
 def lstm_forward(
@@ -167,10 +223,7 @@ def lstm_forward(
       threads: threads to split the hidden units over (default :func:`default_threads`).
     Returns ``(outputs, h_n, c_n)``: outputs ``(T, B, H)`` (zero on padding) and the final state ``(B, H)``.
     """
-    steps, batch, four_h = gx.shape
-    state = jax.ShapeDtypeStruct((batch, four_h // 4), jnp.float32)
-    outputs = jax.ShapeDtypeStruct((steps, batch, four_h // 4), jnp.float32)
-    return _call(TARGETS[0], (outputs, state, state), gx, weight_hh, h0, c0, valid, reverse, threads)
+    return _forward(TARGETS[0], False, gx, weight_hh, h0, c0, valid, reverse, threads)
 
 
 def lstm_forward_train(
@@ -178,20 +231,12 @@ def lstm_forward_train(
 ) -> tuple[Array, Array, Array, Array]:
     """:func:`lstm_forward` that also keeps what the backward pass needs.
 
-    Returns ``(outputs, hs, cs, z)``: outputs ``(T, B, H)``; ``hs``, ``cs`` ``(T, B, H)``, the state
-    after every step (carried through padding); ``z`` ``(T, B, 4H)``, the gate pre-activations
-    ``gx + h_{t-1} @ W_hh^T``.
+    Returns ``(outputs, hs, cs, z)``: outputs ``(T, B, H)``; ``hs``, ``cs`` ``(T, B, Hp)``, the state
+    after every step (carried through padding); ``z`` ``(T, B, 4 Hp)``, the gate pre-activations
+    ``gx + h_{t-1} @ W_hh^T``. ``Hp`` is ``H`` rounded up to a multiple of 16 (:func:`padded_size`);
+    the extra units are zero.
     """
-    steps, batch, four_h = gx.shape
-    states = jax.ShapeDtypeStruct((steps, batch, four_h // 4), jnp.float32)
-    z = jax.ShapeDtypeStruct(gx.shape, jnp.float32)
-    return _call(TARGETS[1], (states, states, states, z), gx, weight_hh, h0, c0, valid, reverse, threads)
-
-
-def pack_weight_hh_backward(weight_hh: Array) -> Array:
-    """``W_hh`` ``(4H, H)`` -> ``(H/16, 4H, 16)``: ``packed[u, k, j] = W_hh[k, 16 u + j]``, panels of ``dh`` columns."""
-    four_h, hidden = weight_hh.shape
-    return weight_hh.reshape(four_h, hidden // UNIT_BLOCK, UNIT_BLOCK).transpose(1, 0, 2)
+    return _forward(TARGETS[1], True, gx, weight_hh, h0, c0, valid, reverse, threads)
 
 
 def lstm_backward(
@@ -210,21 +255,30 @@ def lstm_backward(
     """The backward pass of :func:`lstm_forward_train` through the recurrence.
 
     Args:
-      z, cs: from :func:`lstm_forward_train`: ``(T, B, 4H)`` pre-activations, ``(T, B, H)`` cell states.
+      z, cs: from :func:`lstm_forward_train` (padded to ``Hp`` units).
       c0: ``(B, H)`` initial cell state.
       d_outputs: ``(T, B, H)`` gradient of the outputs; dh_n, dc_n ``(B, H)`` of the final state.
       valid, weight_hh, reverse, threads: as for the forward.
     Returns ``(dz, dh0, dc0)``: the pre-activation gradients ``(T, B, 4H)`` (zero on padding), from
     which the weight, bias and input gradients follow as large matmuls, and those of the initial state.
     """
-    reason = unavailable_reason()
-    if reason is not None:
-        raise RuntimeError(f"jaxrnn's CPU kernel is unavailable: {reason}")
-    steps, batch, four_h = z.shape
-    state = jax.ShapeDtypeStruct((batch, four_h // 4), jnp.float32)
+    hidden = _check(TARGETS[2], weight_hh)
+    hp = padded_size(hidden)
+    steps, batch, _ = z.shape
+    state = jax.ShapeDtypeStruct((batch, hp), jnp.float32)
     call = jax.ffi.ffi_call(
         TARGETS[2], (jax.ShapeDtypeStruct(z.shape, jnp.float32), state, state), vmap_method="sequential"
     )
-    packed = pack_weight_hh_backward(weight_hh)
-    threads = np.int64(threads or default_threads())
-    return call(z, cs, c0, d_outputs, dh_n, dc_n, valid, packed, reverse=bool(reverse), threads=threads)
+    dz, dh0, dc0 = call(
+        z,
+        cs,
+        _pad_units(c0, hidden),
+        _pad_units(d_outputs, hidden),
+        _pad_units(dh_n, hidden),
+        _pad_units(dc_n, hidden),
+        valid,
+        pack_weight_hh_backward(_pad_weight_hh(weight_hh, hidden)),
+        reverse=bool(reverse),
+        threads=np.int64(threads or default_threads()),
+    )
+    return _unpad_units(dz, hidden, 4), _unpad_units(dh0, hidden), _unpad_units(dc0, hidden)
