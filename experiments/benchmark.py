@@ -38,8 +38,10 @@ SIZES = {  # name: (batch, seq_len, input, hidden, num_layers, bidirectional, wi
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 FLAX_CELLS = {"rnn": ["SimpleCell"], "lstm": ["LSTMCell", "OptimizedLSTMCell"], "gru": ["GRUCell"]}
 MIN_SAMPLE_S = 0.02  # each timed sample runs the function enough times to last this long
-# Untimed pause before each sample: torch's OpenMP workers (and XLA's) spin for a while after a call,
-# and without it they would steal the cores from whichever variant is timed next.
+# Before each sample: an untimed pause, because torch's OpenMP workers (and XLA's) spin for a while
+# after a call and would steal the cores from whichever variant is timed next; then one untimed call,
+# because after the pause the first call pays for waking the idle cores and threads (on this 2-vCPU
+# machine the LSTM kernel's first call after 50 ms idle took a median 14.3 ms against 8.9 ms warm).
 SETTLE_S = 0.05
 DTYPES = ("float32", "float64", "bfloat16")
 
@@ -213,6 +215,7 @@ def measure(variants, repeats):
                 v.block(result)
 
             time.sleep(SETTLE_S)
+            v.block(v.fn())
             samples[v.name].append(_timeit(loop) / n)
     return samples
 

@@ -24,6 +24,7 @@
 #include <string>
 #include <functional>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -138,6 +139,18 @@ void unit_block(const Step& s, int u) {
   }
 }
 
+// Spins until `counter` reaches `target`; after a while yields the core, in case the thread it waits
+// for shares it (the OS may put both on one core, and a pure spin would then burn the whole slice).
+inline void wait_until(const std::atomic<int64_t>& counter, int64_t target) {
+  for (int spins = 0; counter.load(std::memory_order_acquire) < target; ++spins) {
+    if (spins < 2000) {
+      _mm_pause();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
 // Phases of U blocks each, run in order by the calling thread and any helpers that join: phase p
 // starts when every block of phase p - 1 is done. Helpers may start late, or after the call is over:
 // they hold the work by shared_ptr and touch the buffers only through blocks claimed before the end.
@@ -166,7 +179,7 @@ struct Phases {
 
   void participate(bool front) {
     for (int p = (int)(done.load(std::memory_order_acquire) / U); p < P; ++p) {
-      while (done.load(std::memory_order_acquire) < (int64_t)p * U) _mm_pause();
+      wait_until(done, (int64_t)p * U);
       for (int u; (u = claim(p, front)) >= 0;) {
         run(p, u);
         done.fetch_add(1, std::memory_order_acq_rel);
@@ -185,7 +198,7 @@ void RunPhases(ffi::ThreadPool& pool, int64_t threads, std::shared_ptr<Phases> p
   }
   phases->participate(true);
   const int64_t total = (int64_t)phases->P * phases->U;
-  while (phases->done.load(std::memory_order_acquire) < total) _mm_pause();  // helpers' last blocks
+  wait_until(phases->done, total);  // the helpers' last blocks
 }
 
 // The state a step starts from and where it writes, for step number `step` of T (in processing order).
