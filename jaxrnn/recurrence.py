@@ -151,25 +151,27 @@ class Recurrence(nn.Module):
 def _kernel_scan(reverse: bool):
     """``scan(weights, x, state, mask) -> (state, outputs)`` for LSTM, forward and backward in the CPU kernel.
 
-    The input projection of all steps and, in the backward pass, the weight and
-    input gradients are large XLA matmuls around the kernel calls.
+    The kernel does the input projection inside each step; in the backward pass
+    the weight and input gradients are large XLA matmuls after the kernel call.
     """
 
-    def inputs(weights: Weights, x: Array, mask: Array | None) -> tuple[Array, Array]:
-        gx = _add_bias(project_input(weights, x), weights["bias_hh"])  # both biases, added once for all steps
+    def inputs(weights: Weights, x: Array, mask: Array | None) -> tuple[Array | None, Array]:
+        bias = None if weights["bias_ih"] is None else weights["bias_ih"] + weights["bias_hh"]
         valid = jnp.ones(x.shape[:2], jnp.float32) if mask is None else mask.astype(jnp.float32)
-        return gx, valid
+        return bias, valid
 
     @jax.custom_vjp
     def scan(weights: Weights, x: Array, state0: State, mask: Array | None) -> tuple[State, Array]:
-        gx, valid = inputs(weights, x, mask)  # no gradient wanted: the kernel keeps nothing for a backward pass
-        outputs, h_n, c_n = cpu.lstm_forward(gx, weights["weight_hh"], *state0, valid, reverse=reverse)
+        bias, valid = inputs(weights, x, mask)  # no gradient wanted: the kernel keeps nothing for a backward pass
+        w_ih, w_hh = weights["weight_ih"], weights["weight_hh"]
+        outputs, h_n, c_n = cpu.lstm_forward(x, w_ih, bias, w_hh, *state0, valid, reverse=reverse)
         return (h_n, c_n), outputs
 
     def forward(weights: Weights, x: Array, state0: State, mask: Array | None):
-        gx, valid = inputs(weights, x, mask)
+        bias, valid = inputs(weights, x, mask)
         h0, c0 = state0
-        outputs, hs, cs, z = cpu.lstm_forward_train(gx, weights["weight_hh"], h0, c0, valid, reverse=reverse)
+        w_ih, w_hh = weights["weight_ih"], weights["weight_hh"]
+        outputs, hs, cs, z = cpu.lstm_forward_train(x, w_ih, bias, w_hh, h0, c0, valid, reverse=reverse)
         last, units = (0 if reverse else -1), h0.shape[-1]  # hs, cs may carry zero padding units
         final = (hs[last, :, :units], cs[last, :, :units])
         return (final, outputs), (weights, x, mask, valid, z, hs, cs, h0, c0)

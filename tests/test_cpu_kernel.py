@@ -77,9 +77,11 @@ def test_bad_cpu_kernel_value():
 
 @needs_kernel
 def test_direct_call_checks_weight_shape():
-    gx, h = jnp.zeros((3, 2, 64)), jnp.zeros((2, 16))
-    with pytest.raises(ValueError, match=r"got weight_hh \(64, 8\) and gx \(3, 2, 64\)"):
-        cpu.lstm_forward(gx, jnp.zeros((64, 8)), h, h, jnp.ones((3, 2)), reverse=False)
+    x, h, w_ih = jnp.zeros((3, 2, 5)), jnp.zeros((2, 16)), jnp.zeros((64, 5))
+    with pytest.raises(ValueError, match=r"got weight_hh \(64, 8\), x \(3, 2, 5\) and weight_ih \(64, 5\)"):
+        cpu.lstm_forward(x, w_ih, None, jnp.zeros((64, 8)), h, h, jnp.ones((3, 2)), reverse=False)
+    with pytest.raises(ValueError, match=r"x \(3, 2, 5\) and weight_ih \(64, 4\)"):
+        cpu.lstm_forward(x, jnp.zeros((64, 4)), None, jnp.zeros((64, 16)), h, h, jnp.ones((3, 2)), reverse=False)
 
 
 def _reason_in_subprocess(env: dict) -> str:

@@ -115,14 +115,14 @@ def lstm_supported(hidden_size: int, proj_size: int, dtype: jnp.dtype) -> bool:
     )
 
 
-def pack_weight_hh(weight_hh: Array) -> Array:
-    """``W_hh`` ``(4H, H)`` (``H`` a multiple of 16) -> ``(H/16, H, 64)``, the forward kernel's layout.
+def pack_gate_rows(weight: Array) -> Array:
+    """``W_ih`` ``(4H, I)`` or ``W_hh`` ``(4H, H)`` (``H`` a multiple of 16) -> ``(H/16, K, 64)``, the forward layout.
 
-    ``packed[u, k, 16 g + j] = W_hh[g H + 16 u + j, k]``: unit block ``u``'s four gates side by side.
+    ``packed[u, k, 16 g + j] = W[g H + 16 u + j, k]``: unit block ``u``'s four gates side by side.
     """
-    four_h, k = weight_hh.shape
+    four_h, k = weight.shape
     hidden = four_h // 4
-    blocks = weight_hh.reshape(4, hidden // UNIT_BLOCK, UNIT_BLOCK, k)
+    blocks = weight.reshape(4, hidden // UNIT_BLOCK, UNIT_BLOCK, k)
     return blocks.transpose(1, 3, 0, 2).reshape(hidden // UNIT_BLOCK, k, 4 * UNIT_BLOCK)
 
 
@@ -158,46 +158,50 @@ def _unpad_units(a: Array, hidden: int, gates: int = 1) -> Array:
     return a.reshape(a.shape[:-1] + (gates, padded))[..., :hidden].reshape(a.shape[:-1] + (gates * hidden,))
 
 
-def _pad_weight_hh(weight_hh: Array, hidden: int) -> Array:
+def _pad_weight(weight: Array, hidden: int, pad_columns: bool) -> Array:
+    """``(4H, K)`` -> ``(4Hp, K)``, and ``K`` to ``Hp`` too for ``W_hh`` (``pad_columns``)."""
     extra = padded_size(hidden) - hidden
     if not extra:
-        return weight_hh
-    return jnp.pad(weight_hh.reshape(4, hidden, hidden), [(0, 0), (0, extra), (0, extra)]).reshape(
-        4 * (hidden + extra), hidden + extra
-    )
+        return weight
+    k = weight.shape[1]
+    padded = jnp.pad(weight.reshape(4, hidden, k), [(0, 0), (0, extra), (0, extra if pad_columns else 0)])
+    return padded.reshape(4 * (hidden + extra), k + (extra if pad_columns else 0))
 
 
-def _check(target: str, weight_hh: Array, gx: Array | None = None) -> int:
+def _check(target: str, weight_hh: Array, x: Array | None = None, weight_ih: Array | None = None) -> int:
     """Returns ``H``; raises when the kernel cannot run or the shapes do not fit."""
     reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"jaxrnn's CPU kernel is unavailable: {reason}")
     four_h, hidden = weight_hh.shape if weight_hh.ndim == 2 else (0, 0)
-    if four_h != 4 * hidden or hidden == 0 or (gx is not None and (gx.ndim != 3 or gx.shape[-1] != four_h)):
-        got = f"weight_hh {tuple(weight_hh.shape)}" + ("" if gx is None else f" and gx {tuple(gx.shape)}")
-        raise ValueError(f"{target}: expected weight_hh of shape (4H, H) and gx of shape (T, B, 4H), got {got}")
+    ok = four_h == 4 * hidden and hidden > 0
+    if x is not None:
+        ok = ok and x.ndim == 3 and weight_ih is not None and weight_ih.shape == (four_h, x.shape[-1])
+    if not ok:
+        got = f"weight_hh {tuple(weight_hh.shape)}"
+        if x is not None:
+            got += f", x {tuple(x.shape)} and weight_ih {None if weight_ih is None else tuple(weight_ih.shape)}"
+        raise ValueError(f"{target}: expected weight_hh (4H, H), x (T, B, I) and weight_ih (4H, I), got {got}")
     return hidden
 
 
-def _forward(target: str, keep: bool, gx, weight_hh, h0, c0, valid, reverse, threads) -> tuple[Array, ...]:
-    hidden = _check(target, weight_hh, gx)
+def _forward(target, keep, x, weight_ih, bias, weight_hh, h0, c0, valid, reverse, threads) -> tuple[Array, ...]:
+    hidden = _check(target, weight_hh, x, weight_ih)
     hp = padded_size(hidden)
-    steps, batch, _ = gx.shape
+    steps, batch, _ = x.shape
     state = jax.ShapeDtypeStruct((batch, hp), jnp.float32)
     states = jax.ShapeDtypeStruct((steps, batch, hp), jnp.float32)
-    results = (
-        (states, states, states, jax.ShapeDtypeStruct((steps, batch, 4 * hp), jnp.float32))
-        if keep
-        else (
-            states,
-            state,
-            state,
-        )
-    )
+    if keep:
+        results = (states, states, states, jax.ShapeDtypeStruct((steps, batch, 4 * hp), jnp.float32))
+    else:
+        results = (states, state, state)
     call = jax.ffi.ffi_call(target, results, vmap_method="sequential")
+    bias = jnp.zeros((4 * hidden,), jnp.float32) if bias is None else bias
     out = call(
-        _pad_units(gx, hidden, 4),
-        pack_weight_hh(_pad_weight_hh(weight_hh, hidden)),
+        x,
+        pack_gate_rows(_pad_weight(weight_ih, hidden, pad_columns=False)),
+        _pad_units(bias, hidden, 4),
+        pack_gate_rows(_pad_weight(weight_hh, hidden, pad_columns=True)),
         _pad_units(h0, hidden),
         _pad_units(c0, hidden),
         valid,
@@ -210,33 +214,52 @@ def _forward(target: str, keep: bool, gx, weight_hh, h0, c0, valid, reverse, thr
 
 
 def lstm_forward(
-    gx: Array, weight_hh: Array, h0: Array, c0: Array, valid: Array, *, reverse: bool, threads: int | None = None
+    x: Array,
+    weight_ih: Array,
+    bias: Array | None,
+    weight_hh: Array,
+    h0: Array,
+    c0: Array,
+    valid: Array,
+    *,
+    reverse: bool,
+    threads: int | None = None,
 ) -> tuple[Array, Array, Array]:
     """Runs one LSTM direction over a whole sequence (inference: nothing kept for a backward pass).
 
     Args:
-      gx: ``(T, B, 4H)`` float32, ``x @ W_ih^T + b_ih + b_hh`` for every step.
-      weight_hh: ``(4H, H)`` float32, torch's layout.
+      x: ``(T, B, I)`` float32 inputs.
+      weight_ih: ``(4H, I)``, weight_hh: ``(4H, H)`` float32, torch's layout.
+      bias: ``(4H,)``, ``b_ih + b_hh``, or None.
       h0, c0: ``(B, H)`` initial state.
       valid: ``(T, B)`` float32, 1 on real steps and 0 on padding (state carried, output zero).
       reverse: run from the last step to the first.
       threads: threads to split the hidden units over (default :func:`default_threads`).
     Returns ``(outputs, h_n, c_n)``: outputs ``(T, B, H)`` (zero on padding) and the final state ``(B, H)``.
     """
-    return _forward(TARGETS[0], False, gx, weight_hh, h0, c0, valid, reverse, threads)
+    return _forward(TARGETS[0], False, x, weight_ih, bias, weight_hh, h0, c0, valid, reverse, threads)
 
 
 def lstm_forward_train(
-    gx: Array, weight_hh: Array, h0: Array, c0: Array, valid: Array, *, reverse: bool, threads: int | None = None
+    x: Array,
+    weight_ih: Array,
+    bias: Array | None,
+    weight_hh: Array,
+    h0: Array,
+    c0: Array,
+    valid: Array,
+    *,
+    reverse: bool,
+    threads: int | None = None,
 ) -> tuple[Array, Array, Array, Array]:
     """:func:`lstm_forward` that also keeps what the backward pass needs.
 
     Returns ``(outputs, hs, cs, z)``: outputs ``(T, B, H)``; ``hs``, ``cs`` ``(T, B, Hp)``, the state
     after every step (carried through padding); ``z`` ``(T, B, 4 Hp)``, the gate pre-activations
-    ``gx + h_{t-1} @ W_hh^T``. ``Hp`` is ``H`` rounded up to a multiple of 16 (:func:`padded_size`);
-    the extra units are zero.
+    ``x_t @ W_ih^T + b + h_{t-1} @ W_hh^T``. ``Hp`` is ``H`` rounded up to a multiple of 16
+    (:func:`padded_size`); the extra units are zero.
     """
-    return _forward(TARGETS[1], True, gx, weight_hh, h0, c0, valid, reverse, threads)
+    return _forward(TARGETS[1], True, x, weight_ih, bias, weight_hh, h0, c0, valid, reverse, threads)
 
 
 def lstm_backward(
@@ -277,7 +300,7 @@ def lstm_backward(
         _pad_units(dh_n, hidden),
         _pad_units(dc_n, hidden),
         valid,
-        pack_weight_hh_backward(_pad_weight_hh(weight_hh, hidden)),
+        pack_weight_hh_backward(_pad_weight(weight_hh, hidden, pad_columns=True)),
         reverse=bool(reverse),
         threads=np.int64(threads or default_threads()),
     )

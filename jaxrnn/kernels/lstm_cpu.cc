@@ -1,20 +1,23 @@
 // LSTM recurrence for x86-64 CPUs with AVX-512, called from XLA through the FFI (jaxrnn.kernels.cpu).
 //
-// One call runs a whole sequence in one direction: per step, the recurrent matmul h_{t-1} @ W_hh^T
-// with the four gates fused into its epilogue (torch gate order i, f, g, o), so each step is one
-// pass over the packed weights and nothing is written but the step's results. Work is split over
-// up to `threads` threads by 16-unit blocks (all four gates of a unit in one block): the calling
-// thread and helper tasks on XLA's intra-op thread pool claim blocks step by step, and a step
-// starts when every block of the one before is done.
+// One call runs a whole sequence in one direction: per step, x_t @ W_ih^T + h_{t-1} @ W_hh^T in one
+// set of accumulators, with the bias and the four gates fused into the epilogue (torch gate order
+// i, f, g, o), so each step is one pass over the packed weights and nothing is written but the
+// step's results. Work is split over up to `threads` threads by 16-unit blocks (all four gates of a
+// unit in one block): the calling thread and helper tasks on XLA's intra-op thread pool claim blocks
+// step by step, and a step starts when every block of the one before is done. The backward pass
+// (jaxrnn_lstm_backward) runs the recurrence's gradient the same way.
 //
-// Shapes (T steps, B batch, H hidden, U = H / 16 unit blocks, K = H):
-//   gx     (T, B, 4H)  input projection x @ W_ih^T + b_ih + b_hh
-//   wp     (U, K, 64)  W_hh^T packed: wp[u, k, g * 16 + j] = W_hh[g * H + 16 u + j, k]
+// Shapes (T steps, B batch, I inputs, H hidden, a multiple of 16, U = H / 16 unit blocks):
+//   x      (T, B, I)   inputs
+//   wpi    (U, I, 64)  W_ih^T packed: wpi[u, k, g * 16 + j] = W_ih[g * H + 16 u + j, k]
+//   bias   (4H)        b_ih + b_hh
+//   wp     (U, H, 64)  W_hh^T packed the same way
 //   h0, c0 (B, H)      initial state
 //   valid  (T, B)      1 on real steps, 0 on padding (state carried, output zero)
 // Results (jaxrnn_lstm_forward, inference): out (T, B, H), zero on padding; h_n, c_n (B, H).
 // Results (jaxrnn_lstm_forward_train): out; hs, cs (T, B, H), the state after each step (carried
-// through padding); z (T, B, 4H), the gate pre-activations gx + h_{t-1} @ W_hh^T, for the backward pass.
+// through padding); z (T, B, 4H), the gate pre-activations, for the backward pass.
 #include <immintrin.h>
 
 #include <atomic>
@@ -67,8 +70,10 @@ inline __m512 tanh512(__m512 x) {
 }
 
 template <int MR>
-inline void tile(int K, const float* h, int ldh, const float* wp, __m512 acc[][4]) {
-  for (int m = 0; m < MR; ++m) for (int g = 0; g < 4; ++g) acc[m][g] = _mm512_setzero_ps();
+inline void tile(int K, const float* h, int ldh, const float* wp, __m512 acc[][4], bool zero) {
+  if (zero) {
+    for (int m = 0; m < MR; ++m) for (int g = 0; g < 4; ++g) acc[m][g] = _mm512_setzero_ps();
+  }
   for (int k = 0; k < K; ++k) {
     const float* w = wp + k * 64;
     __m512 w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16), w2 = _mm512_loadu_ps(w + 32), w3 = _mm512_loadu_ps(w + 48);
@@ -85,29 +90,32 @@ inline void tile(int K, const float* h, int ldh, const float* wp, __m512 acc[][4
 
 
 struct Step {
-  int B, H, K;
+  int B, H, I;
+  const float* x;     // (B, I) this step's inputs
   const float* hprev;
   const float* cprev;
-  const float* wp;
-  const float* gx;
+  const float* wpi;   // W_ih^T packed (U, I, 64)
+  const float* wp;    // W_hh^T packed (U, H, 64)
+  const float* bias;  // (4H) b_ih + b_hh
   const float* valid;
   float* out;
   float* hs;
   float* cs;
-  float* z;  // pre-activations gx + gh (4 gates), or nullptr when not kept
+  float* z;  // pre-activations (4 gates), or nullptr when not kept
 };
 
 template <int MR>
 void block(const Step& s, int u, int r) {
   const int H = s.H;
   __m512 acc[MR][4];
-  tile<MR>(s.K, s.hprev + (size_t)r * s.K, s.K, s.wp + (size_t)u * s.K * 64, acc);
+  tile<MR>(s.I, s.x + (size_t)r * s.I, s.I, s.wpi + (size_t)u * s.I * 64, acc, true);  // x_t @ W_ih^T
+  tile<MR>(H, s.hprev + (size_t)r * H, H, s.wp + (size_t)u * H * 64, acc, false);   // + h_{t-1} @ W_hh^T
   for (int m = 0; m < MR; ++m) {
     const size_t row = r + m;
     const size_t gate0 = row * 4 * H + u * 16, unit0 = row * H + u * 16;
     __m512 pre[4];
     for (int q = 0; q < 4; ++q) {
-      pre[q] = _mm512_add_ps(acc[m][q], _mm512_loadu_ps(s.gx + gate0 + q * H));
+      pre[q] = _mm512_add_ps(acc[m][q], _mm512_loadu_ps(s.bias + q * H + u * 16));
       if (s.z) _mm512_storeu_ps(s.z + gate0 + q * H, pre[q]);
     }
     __m512 i = sigmoid512(pre[0]), f = sigmoid512(pre[1]), g = tanh512(pre[2]), o = sigmoid512(pre[3]);
@@ -218,15 +226,20 @@ ffi::Error CheckGates(const char* name, ffi::Buffer<ffi::F32>& gates) {
 
 // Forward. With hs (training) every step's state goes to hs/cs and the pre-activations to z;
 // without (inference) the state ping-pongs between two (h, c) pairs.
-ffi::Error Forward(const char* name, ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& gx, ffi::Buffer<ffi::F32>& wp,
-                   ffi::Buffer<ffi::F32>& h0, ffi::Buffer<ffi::F32>& c0, ffi::Buffer<ffi::F32>& valid, bool reverse,
-                   int64_t threads, float* out, float* hs, float* cs, float* z, float* h_n, float* c_n) {
-  if (auto error = CheckGates(name, gx); error.failure()) return error;
-  auto dims = gx.dimensions();
-  const int T = dims[0], B = dims[1], H = dims[2] / 4, U = H / 16;
+ffi::Error Forward(const char* name, ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& wpi,
+                   ffi::Buffer<ffi::F32>& bias, ffi::Buffer<ffi::F32>& wp, ffi::Buffer<ffi::F32>& h0,
+                   ffi::Buffer<ffi::F32>& c0, ffi::Buffer<ffi::F32>& valid, bool reverse, int64_t threads, float* out,
+                   float* hs, float* cs, float* z, float* h_n, float* c_n) {
+  auto dims = x.dimensions();
+  auto state_dims = h0.dimensions();
+  if (dims.size() != 3 || state_dims.size() != 2 || state_dims[1] % 16 != 0 || state_dims[0] != dims[1]) {
+    return ffi::Error::InvalidArgument(std::string(name) + ": expected x (T, B, I) and h0 (B, H), H a multiple of 16");
+  }
+  const int T = dims[0], B = dims[1], I = dims[2], H = state_dims[1], U = H / 16;
   const size_t state = (size_t)B * H;
   auto scratch = std::make_shared<std::vector<float>>(hs ? 0 : 4 * state);
-  const float *gx_p = gx.typed_data(), *wp_p = wp.typed_data(), *h0_p = h0.typed_data(), *c0_p = c0.typed_data();
+  const float *x_p = x.typed_data(), *wpi_p = wpi.typed_data(), *bias_p = bias.typed_data();
+  const float *wp_p = wp.typed_data(), *h0_p = h0.typed_data(), *c0_p = c0.typed_data();
   const float* valid_p = valid.typed_data();
   float* ping_pong = scratch->data();
   auto step_args = [=](int step) {
@@ -246,7 +259,7 @@ ffi::Error Forward(const char* name, ffi::ThreadPool& pool, ffi::Buffer<ffi::F32
       h_dst = ping;
       c_dst = ping + state;
     }
-    return Step{B, H, H, hprev, cprev, wp_p, gx_p + at.t * 4 * state, valid_p + (size_t)at.t * B,
+    return Step{B, H, I, x_p + (size_t)at.t * B * I, hprev, cprev, wpi_p, wp_p, bias_p, valid_p + (size_t)at.t * B,
                 out + at.t * state, h_dst, c_dst, z ? z + at.t * 4 * state : nullptr};
   };
   auto phases = std::make_shared<Phases>(T, U, [=](int step, int u) { unit_block(step_args(step), u); });
@@ -259,21 +272,22 @@ ffi::Error Forward(const char* name, ffi::ThreadPool& pool, ffi::Buffer<ffi::F32
   return ffi::Error::Success();
 }
 
-ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> wp,
-                       ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> valid, bool reverse,
-                       int64_t threads, ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> h_n,
+ffi::Error LstmForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wpi,
+                       ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> wp, ffi::Buffer<ffi::F32> h0,
+                       ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> valid, bool reverse, int64_t threads,
+                       ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> h_n,
                        ffi::ResultBuffer<ffi::F32> c_n) {
-  return Forward("jaxrnn_lstm_forward", pool, gx, wp, h0, c0, valid, reverse, threads, out->typed_data(), nullptr,
-                 nullptr, nullptr, h_n->typed_data(), c_n->typed_data());
+  return Forward("jaxrnn_lstm_forward", pool, x, wpi, bias, wp, h0, c0, valid, reverse, threads, out->typed_data(),
+                 nullptr, nullptr, nullptr, h_n->typed_data(), c_n->typed_data());
 }
 
-ffi::Error LstmForwardTrain(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> gx, ffi::Buffer<ffi::F32> wp,
-                            ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> valid,
-                            bool reverse, int64_t threads, ffi::ResultBuffer<ffi::F32> out,
-                            ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> cs,
-                            ffi::ResultBuffer<ffi::F32> z) {
-  return Forward("jaxrnn_lstm_forward_train", pool, gx, wp, h0, c0, valid, reverse, threads, out->typed_data(),
-                 hs->typed_data(), cs->typed_data(), z->typed_data(), nullptr, nullptr);
+ffi::Error LstmForwardTrain(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wpi,
+                            ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> wp, ffi::Buffer<ffi::F32> h0,
+                            ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> valid, bool reverse, int64_t threads,
+                            ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> hs,
+                            ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> z) {
+  return Forward("jaxrnn_lstm_forward_train", pool, x, wpi, bias, wp, h0, c0, valid, reverse, threads,
+                 out->typed_data(), hs->typed_data(), cs->typed_data(), z->typed_data(), nullptr, nullptr);
 }
 
 // ---- backward -------------------------------------------------------------------------------
@@ -383,7 +397,9 @@ ffi::Error LstmBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buff
 #define JAXRNN_LSTM_ARGS                            \
   ffi::Ffi::Bind()                                  \
       .Ctx<ffi::ThreadPool>()                       \
-      .Arg<ffi::Buffer<ffi::F32>>() /* gx */        \
+      .Arg<ffi::Buffer<ffi::F32>>() /* x */         \
+      .Arg<ffi::Buffer<ffi::F32>>() /* wpi */       \
+      .Arg<ffi::Buffer<ffi::F32>>() /* bias */      \
       .Arg<ffi::Buffer<ffi::F32>>() /* wp */        \
       .Arg<ffi::Buffer<ffi::F32>>() /* h0 */        \
       .Arg<ffi::Buffer<ffi::F32>>() /* c0 */        \
