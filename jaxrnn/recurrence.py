@@ -134,9 +134,8 @@ class Recurrence(nn.Module):
             and cell.has_cell_state
             and not self.record_states
             and x.shape[0] > 0
-            and x.dtype == jnp.float32
             and weights["weight_hh"].dtype == jnp.float32
-            and cpu.lstm_supported(cell.hidden_size, weights["weight_hr"] is not None, jnp.float32)
+            and cpu.lstm_supported(proj_size=weights["weight_hr"] is not None, dtype=x.dtype)
         )
         if self.cpu_kernel == "always" and not applies:
             raise ValueError(

@@ -105,8 +105,8 @@ def unavailable_reason() -> str | None:
     return _load()[1]
 
 
-def lstm_supported(hidden_size: int, proj_size: int, dtype: jnp.dtype) -> bool:
-    """Whether a layer of these sizes can use the kernel on this machine."""
+def lstm_supported(proj_size: int, dtype: jnp.dtype) -> bool:
+    """Whether an LSTM layer (any hidden size) can use the kernel on this machine."""
     return (
         jax.default_backend() == "cpu"
         and not proj_size
