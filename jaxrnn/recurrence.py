@@ -173,10 +173,10 @@ def _kernel_scan(reverse: bool):
         outputs, hs, cs, z = cpu.lstm_forward_train(x, w_ih, bias, w_hh, h0, c0, valid, reverse=reverse)
         last, units = (0 if reverse else -1), h0.shape[-1]  # hs, cs may carry zero padding units
         final = (hs[last, :, :units], cs[last, :, :units])
-        return (final, outputs), (weights, x, mask, valid, z, hs, cs, h0, c0)
+        return (final, outputs), (weights, x, valid, z, hs, cs, h0, c0)
 
     def backward(residuals: tuple, cotangents: tuple) -> tuple:
-        weights, x, mask, valid, z, hs, cs, h0, c0 = residuals
+        weights, x, valid, z, hs, cs, h0, c0 = residuals
         (dh_n, dc_n), d_outputs = cotangents
         dz, dh0, dc0 = cpu.lstm_backward(z, cs, c0, d_outputs, dh_n, dc_n, valid, weights["weight_hh"], reverse=reverse)
         # The h each step started from, in time order (hs may carry zero padding units: cut them).
