@@ -63,12 +63,18 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--hidden-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-steps-per-epoch", type=int, default=None, help="cut each epoch short (timing runs)")
     args = p.parse_args(argv)
     initialize_distributed(args.coordinator, args.num_processes, args.process_id)
 
     overrides = {
         k: v
-        for k, v in (("epochs", args.epochs), ("hidden_size", args.hidden_size), ("seed", args.seed))
+        for k, v in (
+            ("epochs", args.epochs),
+            ("hidden_size", args.hidden_size),
+            ("seed", args.seed),
+            ("max_steps_per_epoch", args.max_steps_per_epoch),
+        )
         if v is not None
     }
     if args.smoke:
