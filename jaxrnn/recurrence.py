@@ -28,6 +28,15 @@ def _transposed(weights: Weights) -> tuple[Array, Array]:
     return weights["weight_ih"].T, weights["weight_hh"].T
 
 
+CPU_KERNEL_MODES = ("auto", "never", "always")
+
+
+def check_cpu_kernel(owner: str, value: str) -> None:
+    """Raises unless ``value`` is one of :data:`CPU_KERNEL_MODES`; ``owner`` names the module in the message."""
+    if value not in CPU_KERNEL_MODES:
+        raise ValueError(f"{owner}: cpu_kernel must be 'auto', 'never' or 'always', got {value!r}.")
+
+
 def _add_bias(y: Array, bias: Array | None) -> Array:
     return y if bias is None else y + bias
 
@@ -124,8 +133,7 @@ class Recurrence(nn.Module):
         return final, outputs
 
     def _use_cpu_kernel(self, weights: Weights, x: Array) -> bool:
-        if self.cpu_kernel not in ("auto", "never", "always"):
-            raise ValueError(f"cpu_kernel must be 'auto', 'never' or 'always', got {self.cpu_kernel!r}.")
+        check_cpu_kernel(type(self).__name__, self.cpu_kernel)
         if self.cpu_kernel == "never":
             return False
         cell = self.cell
@@ -182,12 +190,12 @@ def _kernel_scan(reverse: bool):
         # The h each step started from, in time order (hs may carry zero padding units: cut them).
         hs = hs[..., : h0.shape[-1]]
         previous_h = jnp.concatenate([hs[1:], h0[None]]) if reverse else jnp.concatenate([h0[None], hs[:-1]])
-        has_bias = weights["bias_ih"] is not None
+        bias_grad = None if weights["bias_ih"] is None else dz.sum((0, 1))  # b_ih and b_hh enter z alike
         grads = {
             "weight_ih": jnp.einsum("lng,lni->gi", dz, x),
             "weight_hh": jnp.einsum("lng,lnp->gp", dz, previous_h),
-            "bias_ih": dz.sum((0, 1)) if has_bias else None,
-            "bias_hh": dz.sum((0, 1)) if has_bias else None,
+            "bias_ih": bias_grad,
+            "bias_hh": bias_grad,
             "weight_hr": None,
         }
         return grads, dz @ weights["weight_ih"], (dh0, dc0), None

@@ -40,7 +40,7 @@ from jaxrnn.cells import (
     declare_weights,
 )
 from jaxrnn.padding import check_seq_lengths, lengths_to_mask
-from jaxrnn.recurrence import Recurrence
+from jaxrnn.recurrence import Recurrence, check_cpu_kernel
 
 Array = jax.Array
 
@@ -89,8 +89,7 @@ class _StackedRecurrent(nn.Module):
         positive_int("input_size", self.input_size, allow_none=True)
         positive_int("num_layers", self.num_layers)
         positive_int("unroll", self.unroll)
-        if self.cpu_kernel not in ("auto", "never", "always"):
-            raise ValueError(f"{name}: cpu_kernel must be 'auto', 'never' or 'always', got {self.cpu_kernel!r}.")
+        check_cpu_kernel(name, self.cpu_kernel)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"{name}: dropout must be a number in [0, 1), got {self.dropout!r}.")
         super().__post_init__()

@@ -287,8 +287,7 @@ def lstm_backward(
     """
     hidden = _check(TARGETS[2], weight_hh)
     hp = padded_size(hidden)
-    steps, batch, _ = z.shape
-    state = jax.ShapeDtypeStruct((batch, hp), jnp.float32)
+    state = jax.ShapeDtypeStruct((z.shape[1], hp), jnp.float32)
     call = jax.ffi.ffi_call(
         TARGETS[2], (jax.ShapeDtypeStruct(z.shape, jnp.float32), state, state), vmap_method="sequential"
     )
