@@ -103,11 +103,10 @@ def jax_variants(cell, size, mode, rng, compile_times, quick, dtype, force_bidir
     lengths = jnp.asarray(rng.integers(seq_len // 2, seq_len + 1, batch), jnp.int32) if with_lengths else None
     args = (x,) if lengths is None else (x, lengths)
     variants = []
-    # "default" is the layer as constructed with no options (for float32 LSTM on CPU: the CPU kernel).
+    # "default" is the layer as constructed with no options (float32 on CPU: the CPU kernel).
     # The others force the XLA loop: (unroll, hoist_input_projection, fused_backward); fused is grad-only.
     options = [("default", {})]
-    xla_options = [(1, False, False)] if cell == "lstm" else []
-    xla_options += [(1, False, True)]
+    xla_options = [(1, False, False), (1, False, True)]
     if not quick:
         xla_options += [(1, True, False), (1, True, True), (4, False, True)]
     for unroll, hoist, fused in xla_options:

@@ -28,7 +28,9 @@ def step_states(
     input). Unbatched input gives ``N = 1``. On steps past a sequence's length
     (``seq_lengths``) the state is the carried one: the last valid state for the
     forward direction, ``h_0`` for the reverse one. Also returns ``'output'``,
-    the module's ordinary output.
+    the module's ordinary output from the same run. Recording runs on XLA's
+    loop (``cpu_kernel`` does not apply), so in float32 these can differ from
+    a call that runs in the CPU kernel by rounding, about 1e-7.
     """
     recording = module.clone(record_states=True)
     (output, _), collections = recording.apply(variables, x, h_0, seq_lengths=seq_lengths, mutable=["intermediates"])

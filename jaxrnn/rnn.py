@@ -57,7 +57,7 @@ class _StackedRecurrent(nn.Module):
     hidden 256-512, see ``Recurrence``); and ``fused_backward`` (a hand-written
     backward pass with the weight gradients as large matmuls after the loop,
     see ``Recurrence``); ``cpu_kernel`` (``"auto"``, ``"never"`` or
-    ``"always"``: run float32 LSTM layers in jaxrnn's hand-written CPU kernel,
+    ``"always"``: run float32 layers in jaxrnn's hand-written CPU kernel,
     :mod:`jaxrnn.kernels.cpu`, see ``Recurrence``); and ``record_states`` (store
     every step's states, for :func:`jaxrnn.step_states`).
     """

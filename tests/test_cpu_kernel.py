@@ -1,7 +1,7 @@
-"""jaxrnn's hand-written CPU LSTM kernel: same results as the XLA loop, clear errors, safe fallback.
+"""jaxrnn's hand-written CPU kernels (RNN, LSTM, GRU): same results as the XLA loop, clear errors, safe fallback.
 
 Parity with torch (outputs, final states, gradients, lengths, both directions)
-is in tests/test_parity.py::test_parity_lstm_cpu_kernel.
+is in tests/test_parity.py::test_parity_cpu_kernel.
 """
 
 import os
@@ -19,22 +19,37 @@ from jaxrnn.kernels import cpu
 needs_kernel = pytest.mark.skipif(cpu.unavailable_reason() is not None, reason="jaxrnn's CPU kernel cannot run here")
 
 
+CELLS = {  # name: (module, kwargs)
+    "lstm": (jaxrnn.LSTM, {}),
+    "gru": (jaxrnn.GRU, {}),
+    "rnn_tanh": (jaxrnn.RNN, {}),
+    "rnn_relu": (jaxrnn.RNN, {"nonlinearity": "relu"}),
+}
+
+
 def _run(module, params, x, lengths):
     def loss(params, x):
-        out, (h, c) = module.apply(params, x, seq_lengths=lengths)
-        return (out**2).sum() + h.sum() + (c * c).sum(), (out, h, c)
+        out, state = module.apply(params, x, seq_lengths=lengths)
+        state = state if isinstance(state, tuple) else (state,)
+        return (out**2).sum() + sum(s.sum() + (s * s).sum() for s in state), (out, *state)
 
     (_, results), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
     return results, grads
 
 
 @needs_kernel
-@pytest.mark.parametrize("bidirectional, hidden", [(False, 32), (True, 32), (True, 21)])
-def test_kernel_equals_xla_loop(bidirectional, hidden):
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize(
+    "bidirectional, hidden, bias",
+    [(False, 32, True), (True, 21, True), (True, 64, False), (False, 128, True)],  # 64, 128: wide backward blocks
+)
+def test_kernel_equals_xla_loop(cell, bidirectional, hidden, bias):
+    module, kwargs = CELLS[cell]
     x = jax.random.normal(jax.random.key(0), (9, 7, 10))
     lengths = jnp.array([9, 3, 0, 5, 1, 9, 8])  # a length 0 keeps h_0 and gives zero outputs
-    kernel = jaxrnn.LSTM(10, hidden, num_layers=2, bidirectional=bidirectional, cpu_kernel="always")
-    xla = jaxrnn.LSTM(10, hidden, num_layers=2, bidirectional=bidirectional, cpu_kernel="never")
+    options = {"num_layers": 2, "bidirectional": bidirectional, "bias": bias, **kwargs}
+    kernel = module(10, hidden, cpu_kernel="always", **options)
+    xla = module(10, hidden, cpu_kernel="never", **options)
     params = kernel.init(jax.random.key(1), x)
     (k_results, k_grads), (x_results, x_grads) = _run(kernel, params, x, lengths), _run(xla, params, x, lengths)
     for a, b in zip(k_results, x_results):
@@ -52,18 +67,21 @@ def test_auto_uses_the_kernel_where_it_applies():
         params = module.init(jax.random.key(0), x)
         return jax.jit(module.apply).lower(params, x).as_text()
 
-    assert cpu.TARGETS[0] in lowered(jaxrnn.LSTM(3, 16))
-    assert cpu.TARGETS[0] in lowered(jaxrnn.LSTM(3, 20))  # zero-padded to 32 units inside
-    assert cpu.TARGETS[0] not in lowered(jaxrnn.LSTM(3, 16, proj_size=8))
-    assert cpu.TARGETS[0] not in lowered(jaxrnn.GRU(3, 16))
-    assert cpu.TARGETS[0] not in lowered(jaxrnn.LSTM(3, 16, cpu_kernel="never"))
+    assert "jaxrnn_lstm_forward" in lowered(jaxrnn.LSTM(3, 16))
+    assert "jaxrnn_lstm_forward" in lowered(jaxrnn.LSTM(3, 20))  # zero-padded to 32 units inside
+    assert "jaxrnn_gru_forward" in lowered(jaxrnn.GRU(3, 16))
+    assert "jaxrnn_rnn_tanh_forward" in lowered(jaxrnn.RNN(3, 16))
+    assert "jaxrnn_rnn_relu_forward" in lowered(jaxrnn.RNN(3, 16, nonlinearity="relu"))
+    assert "jaxrnn_" not in lowered(jaxrnn.LSTM(3, 16, proj_size=8))
+    assert "jaxrnn_" not in lowered(jaxrnn.GRU(3, 16, cpu_kernel="never"))
+    assert "jaxrnn_" not in lowered(jaxrnn.RNN(3, 16, record_states=True))
 
 
 def test_always_raises_where_the_kernel_does_not_apply():
     x = jnp.ones((4, 2, 3))
     for module, what in [
-        (jaxrnn.LSTM(3, 20, proj_size=5, cpu_kernel="always"), "hidden_size=20"),
-        (jaxrnn.GRU(3, 16, cpu_kernel="always"), "GRUCell"),
+        (jaxrnn.LSTM(3, 20, proj_size=5, cpu_kernel="always"), "LSTMCell, hidden_size=20, proj_size=5"),
+        (jaxrnn.RNN(3, 16, record_states=True, cpu_kernel="always"), "RNNCell, hidden_size=16"),
     ]:
         with pytest.raises(ValueError, match="cpu_kernel='always'") as error:
             module.init(jax.random.key(0), x)
@@ -76,12 +94,20 @@ def test_bad_cpu_kernel_value():
 
 
 @needs_kernel
-def test_direct_call_checks_weight_shape():
-    x, h, w_ih = jnp.zeros((3, 2, 5)), jnp.zeros((2, 16)), jnp.zeros((64, 5))
-    with pytest.raises(ValueError, match=r"got weight_hh \(64, 8\), x \(3, 2, 5\) and weight_ih \(64, 5\)"):
-        cpu.lstm_forward(x, w_ih, None, jnp.zeros((64, 8)), h, h, jnp.ones((3, 2)), reverse=False)
+def test_direct_call_checks_its_arguments():
+    x, h, valid = jnp.zeros((3, 2, 5)), jnp.zeros((2, 16)), jnp.ones((3, 2))
+    w_ih = jnp.zeros((64, 5))
+    wrong_hh = r"jaxrnn_lstm_forward: .*got weight_hh \(64, 8\), x \(3, 2, 5\) and weight_ih \(64, 5\)"
+    with pytest.raises(ValueError, match=wrong_hh):
+        cpu.forward("lstm", x, w_ih, jnp.zeros((64, 8)), None, None, (h, h), valid, reverse=False)
     with pytest.raises(ValueError, match=r"x \(3, 2, 5\) and weight_ih \(64, 4\)"):
-        cpu.lstm_forward(x, jnp.zeros((64, 4)), None, jnp.zeros((64, 16)), h, h, jnp.ones((3, 2)), reverse=False)
+        cpu.forward("lstm", x, jnp.zeros((64, 4)), jnp.zeros((64, 16)), None, None, (h, h), valid, reverse=False)
+    with pytest.raises(ValueError, match=r"jaxrnn_gru_forward_train: expected weight_hh \(3H, H\)"):
+        cpu.forward_train("gru", x, w_ih, jnp.zeros((64, 16)), None, None, (h,), valid, reverse=False)
+    with pytest.raises(ValueError, match="jaxrnn_lstm_forward: expected a state of 2 arrays, got 1"):
+        cpu.forward("lstm", x, w_ih, jnp.zeros((64, 16)), None, None, (h,), valid, reverse=False)
+    with pytest.raises(ValueError, match=r"unknown kernel cell 'elman'; expected one of \['gru', 'lstm'"):
+        cpu.forward("elman", x, w_ih, jnp.zeros((64, 16)), None, None, (h,), valid, reverse=False)
 
 
 def _reason_in_subprocess(env: dict) -> str:

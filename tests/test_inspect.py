@@ -17,12 +17,14 @@ def test_states_agree_with_outputs_and_final_state(kind, batch_first):
     lengths = jnp.array([6, 2, 4])
     variables = module.init(jax.random.key(1), x)
     states = jaxrnn.step_states(module, variables, x, seq_lengths=lengths)
-    output, final = module.apply(variables, x, seq_lengths=lengths)
+    output, final = module.clone(cpu_kernel="never").apply(variables, x, seq_lengths=lengths)
     P = 3 if kind == "LSTM" else 5
     assert states["h"].shape == (2, 2, 6, 3, P)
     if kind == "LSTM":
         assert states["c"].shape == (2, 2, 6, 3, 5)
-    np.testing.assert_array_equal(states["output"], output)
+    np.testing.assert_array_equal(states["output"], output)  # the same XLA loop
+    kernel_output, _ = module.apply(variables, x, seq_lengths=lengths)  # the CPU kernel where it applies
+    np.testing.assert_allclose(kernel_output, output, atol=1e-6)
     time_major = jnp.swapaxes(output, 0, 1) if batch_first else output  # (L, N, 2P)
     mask = jaxrnn.lengths_to_mask(lengths, 6, batch_first=False)[..., None]
     top = states["h"][-1]  # last layer: (D, L, N, P)

@@ -40,6 +40,7 @@ def cases(draw, kind: str) -> dict:
     config["unroll"] = draw(st.sampled_from([1, 3]))
     config["hoist_input_projection"] = draw(st.booleans())
     config["fused_backward"] = draw(st.booleans())
+    config["cpu_kernel"] = draw(st.sampled_from(["auto", "never"]))  # auto: float32 runs in the CPU kernel
     length = draw(st.integers(1, 6))
     batch = draw(st.one_of(st.none(), st.integers(1, 4)))  # None: unbatched input
     lengths = None
@@ -165,7 +166,7 @@ def test_parity_float64(kind, data, parity_log):
         check_case(data.draw(cases(kind)), "float64", parity_log)
 
 
-KERNEL_CASES = [  # LSTM through the CPU kernel, forced on (hidden 5 and 37: zero-padded units inside)
+KERNEL_CASES = [  # through the CPU kernel, forced on (hidden 5 and 37: zero-padded units inside; 64: wide backward)
     {"hidden_size": 16, "num_layers": 1, "bidirectional": False, "batch": 7, "lengths": None, "given_h0": True},
     {
         "hidden_size": 32,
@@ -187,14 +188,27 @@ KERNEL_CASES = [  # LSTM through the CPU kernel, forced on (hidden 5 and 37: zer
     },
     {"hidden_size": 5, "num_layers": 2, "bidirectional": True, "batch": 3, "lengths": [6, 2, 4], "given_h0": True},
     {"hidden_size": 37, "num_layers": 1, "bidirectional": False, "batch": 1, "lengths": None, "given_h0": False},
+    {
+        "hidden_size": 64,
+        "num_layers": 2,
+        "bidirectional": True,
+        "batch": 7,
+        "lengths": [6, 5, 1, 6, 3, 2, 6],
+        "given_h0": True,
+    },
 ]
 
 
 @pytest.mark.skipif(jaxrnn.kernels.cpu.unavailable_reason() is not None, reason="jaxrnn's CPU kernel cannot run here")
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=lambda c: f"h{c['hidden_size']}-l{c['num_layers']}-b{c['batch']}")
-def test_parity_lstm_cpu_kernel(case, parity_log):
-    config = {"input_size": 5, "bias": True, "batch_first": False, "proj_size": 0, "cpu_kernel": "always"}
+def test_parity_cpu_kernel(kind, case, parity_log):
+    config = {"input_size": 5, "bias": case["hidden_size"] != 48, "batch_first": False, "cpu_kernel": "always"}
     config.update({k: case[k] for k in ("hidden_size", "num_layers", "bidirectional")})
-    full = {"kind": "LSTM", "config": config, "length": 6, "seed": case["hidden_size"] + case["num_layers"]}
+    if kind == "LSTM":
+        config["proj_size"] = 0
+    if kind == "RNN":
+        config["nonlinearity"] = "relu" if case["hidden_size"] % 2 else "tanh"
+    full = {"kind": kind, "config": config, "length": 6, "seed": case["hidden_size"] + case["num_layers"]}
     full.update({k: case[k] for k in ("batch", "lengths", "given_h0")})
     check_case(full, "float32", parity_log)

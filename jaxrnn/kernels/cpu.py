@@ -1,12 +1,14 @@
-"""A hand-written CPU kernel for the LSTM recurrence, compiled on first use and called through XLA's FFI.
+"""Hand-written CPU kernels for the RNN, LSTM and GRU recurrences, compiled on first use, called through XLA's FFI.
 
 XLA's CPU loop runs one small matmul per time step well below the machine's
 GEMM speed and spreads it badly over cores (see the README's performance
-section). ``lstm_cpu.cc`` does the whole loop of one direction in one call: per
-step one pass over the packed ``W_hh`` with the gates fused into the matmul's
-epilogue (AVX-512); the backward loop likewise (gate gradients, then
-``dz @ W_hh``). The calling thread and helper tasks on XLA's own intra-op
-thread pool share each step's 16-unit blocks.
+section). ``recurrence_cpu.cc`` does the whole loop of one direction in one
+call: per step one pass over the packed ``W_ih`` and ``W_hh`` with the gates
+fused into the matmul's epilogue (AVX-512); the backward loop likewise (gate
+gradients, then ``dz @ W_hh``). The calling thread and helper tasks on XLA's
+own intra-op thread pool share each step's blocks of hidden units. One C++
+template serves all cells; :data:`KINDS` lists them (``"lstm"``, ``"gru"``,
+``"rnn_tanh"``, ``"rnn_relu"``).
 
 The source ships with jaxrnn and is compiled with the system's C++ compiler
 (``$CXX``, else ``g++``) into ``$JAXRNN_KERNEL_CACHE`` (default
@@ -18,6 +20,7 @@ is impossible (no compiler, no AVX-512, no ``jax.ffi``, ``JAXRNN_CPU_KERNEL=0``)
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import os
@@ -33,10 +36,47 @@ import numpy as np
 
 Array = jax.Array
 
-SOURCE = pathlib.Path(__file__).with_name("lstm_cpu.cc")
-TARGETS = ("jaxrnn_lstm_forward", "jaxrnn_lstm_forward_train", "jaxrnn_lstm_backward")
+SOURCE = pathlib.Path(__file__).with_name("recurrence_cpu.cc")
 FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread"]
-UNIT_BLOCK = 16  # hidden units per block; other hidden sizes are zero-padded to a multiple of it
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """How one cell sits in the kernel (see recurrence_cpu.cc).
+
+    Attributes:
+      name: ``"lstm"``, ``"gru"``, ``"rnn_tanh"`` or ``"rnn_relu"``; the FFI targets are
+        ``jaxrnn_{name}_forward``, ``_forward_train`` and ``_backward``.
+      gates: rows of ``W_ih`` and ``W_hh`` per hidden unit (torch's layout): 4, 3, 1.
+      states: arrays in the state: 2 for LSTM ``(h, c)``, else 1.
+      block: hidden units per block of the forward loop; ``H`` is zero-padded to a multiple of it.
+      z_slots: pre-activation columns per unit kept for the backward pass: ``z`` is ``(T, B, z_slots * Hp)``.
+      separate_dx: whether the gradients of the two projections differ (GRU: ``b_hn`` sits inside
+        ``r * (W_hn h + b_hn)``), so the backward pass writes both.
+    """
+
+    name: str
+    gates: int
+    states: int
+    block: int
+    z_slots: int
+    separate_dx: bool
+
+    def target(self, what: str) -> str:
+        return f"jaxrnn_{self.name}_{what}"
+
+    def padded_size(self, hidden: int) -> int:
+        """``hidden`` rounded up to a multiple of :attr:`block`."""
+        return -(-hidden // self.block) * self.block
+
+
+KINDS = {
+    "lstm": Kind("lstm", gates=4, states=2, block=16, z_slots=4, separate_dx=False),
+    "gru": Kind("gru", gates=3, states=1, block=16, z_slots=4, separate_dx=True),
+    "rnn_tanh": Kind("rnn_tanh", gates=1, states=1, block=64, z_slots=0, separate_dx=False),
+    "rnn_relu": Kind("rnn_relu", gates=1, states=1, block=64, z_slots=0, separate_dx=False),
+}
+TARGETS = tuple(kind.target(what) for kind in KINDS.values() for what in ("forward", "forward_train", "backward"))
 
 
 def default_threads() -> int:
@@ -88,7 +128,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     key = hashlib.sha256(
         SOURCE.read_bytes() + " ".join([compiler, *FLAGS, jax.__version__, _cpu_fingerprint()]).encode()
     ).hexdigest()[:16]
-    library = _cache_dir() / f"lstm_cpu-{key}.so"
+    library = _cache_dir() / f"recurrence_cpu-{key}.so"
     try:
         if not library.exists():
             _compile(compiler, library)
@@ -105,8 +145,8 @@ def unavailable_reason() -> str | None:
     return _load()[1]
 
 
-def lstm_supported(proj_size: int, dtype: jnp.dtype) -> bool:
-    """Whether an LSTM layer (any hidden size) can use the kernel on this machine."""
+def supported(proj_size: int, dtype: jnp.dtype) -> bool:
+    """Whether a layer (any cell, any hidden size) can use the kernel on this machine."""
     return (
         jax.default_backend() == "cpu"
         and not proj_size
@@ -115,192 +155,249 @@ def lstm_supported(proj_size: int, dtype: jnp.dtype) -> bool:
     )
 
 
-def pack_gate_rows(weight: Array) -> Array:
-    """``W_ih`` ``(4H, I)`` or ``W_hh`` ``(4H, H)`` (``H`` a multiple of 16) -> ``(H/16, K, 64)``, the forward layout.
-
-    ``packed[u, k, 16 g + j] = W[g H + 16 u + j, k]``: unit block ``u``'s four gates side by side.
-    """
-    four_h, k = weight.shape
-    hidden = four_h // 4
-    blocks = weight.reshape(4, hidden // UNIT_BLOCK, UNIT_BLOCK, k)
-    return blocks.transpose(1, 3, 0, 2).reshape(hidden // UNIT_BLOCK, k, 4 * UNIT_BLOCK)
+def _kind(name: str) -> Kind:
+    if name not in KINDS:
+        raise ValueError(f"unknown kernel cell {name!r}; expected one of {sorted(KINDS)}")
+    return KINDS[name]
 
 
-def pack_weight_hh_backward(weight_hh: Array) -> Array:
-    """``W_hh`` ``(4H, H)`` -> ``(H/16, 4H, 16)``: ``packed[u, k, j] = W_hh[k, 16 u + j]``, panels of ``dh``."""
-    four_h, hidden = weight_hh.shape
-    return weight_hh.reshape(four_h, hidden // UNIT_BLOCK, UNIT_BLOCK).transpose(1, 0, 2)
+# -- layouts: torch's arrays -> the kernel's ------------------------------------------------------
+# Any hidden size H is zero-padded to Hp, a multiple of the kind's block. A padded unit has zero
+# weights in and out, zero bias and a zero initial state, so it stays exactly 0: LSTM c = 0.5 * 0 +
+# 0.5 * tanh(0) = 0, h = 0.5 * tanh(0); GRU h = 0.5 * tanh(0) + 0.5 * 0; RNN tanh(0) = relu(0) = 0.
+# The real units see exactly the unpadded computation.
 
 
-# -- any hidden size: zero-padded to a multiple of 16 --------------------------------------------
-# A padded unit has zero weights in and out and zero gate inputs, so its gates are sigmoid(0) and
-# tanh(0): its c stays 0 * 0.5 + 0.5 * 0 = 0 and its h = 0.5 * tanh(0) = 0 forever. The real units
-# see exactly the unpadded computation.
-
-
-def padded_size(hidden: int) -> int:
-    return -(-hidden // UNIT_BLOCK) * UNIT_BLOCK
-
-
-def _pad_units(a: Array, hidden: int, gates: int = 1) -> Array:
+def _pad_units(a: Array, hidden: int, padded: int, gates: int = 1) -> Array:
     """``(..., gates * H)`` -> ``(..., gates * Hp)``, each gate's units zero-padded."""
-    extra = padded_size(hidden) - hidden
-    if not extra:
-        return a
-    split = a.reshape(a.shape[:-1] + (gates, hidden))
-    return jnp.pad(split, [(0, 0)] * (split.ndim - 1) + [(0, extra)]).reshape(a.shape[:-1] + (-1,))
-
-
-def _unpad_units(a: Array, hidden: int, gates: int = 1) -> Array:
-    padded = padded_size(hidden)
     if padded == hidden:
         return a
-    return a.reshape(a.shape[:-1] + (gates, padded))[..., :hidden].reshape(a.shape[:-1] + (gates * hidden,))
+    split = a.reshape(a.shape[:-1] + (gates, hidden))
+    return jnp.pad(split, [(0, 0)] * (split.ndim - 1) + [(0, padded - hidden)]).reshape(a.shape[:-1] + (-1,))
 
 
-def _pad_weight(weight: Array, hidden: int, pad_columns: bool) -> Array:
-    """``(4H, K)`` -> ``(4Hp, K)``, and ``K`` to ``Hp`` too for ``W_hh`` (``pad_columns``)."""
-    extra = padded_size(hidden) - hidden
-    if not extra:
+def _unpad_units(a: Array, hidden: int, padded: int, gates: int = 1) -> Array:
+    """``(..., gates * Hp)`` -> ``(..., gates, H)``."""
+    return a.reshape(a.shape[:-1] + (gates, padded))[..., :hidden]
+
+
+def _pad_weight(weight: Array, gates: int, hidden: int, padded: int, pad_columns: bool) -> Array:
+    """``(G H, K)`` -> ``(G Hp, K)``, and ``K`` to ``Hp`` too for ``W_hh`` (``pad_columns``)."""
+    if padded == hidden:
         return weight
-    k = weight.shape[1]
-    padded = jnp.pad(weight.reshape(4, hidden, k), [(0, 0), (0, extra), (0, extra if pad_columns else 0)])
-    return padded.reshape(4 * (hidden + extra), k + (extra if pad_columns else 0))
+    k, extra = weight.shape[1], padded - hidden
+    columns = extra if pad_columns else 0
+    return jnp.pad(weight.reshape(gates, hidden, k), [(0, 0), (0, extra), (0, columns)]).reshape(-1, k + columns)
 
 
-def _check(target: str, weight_hh: Array, x: Array | None = None, weight_ih: Array | None = None) -> int:
+def pack_panels(weight: Array, gates: int, block: int) -> Array:
+    """``W`` ``(G Hp, K)`` -> ``(Hp/block, K, G block)``, the forward loop's layout.
+
+    ``packed[u, k, block g + j] = W[g Hp + block u + j, k]``: block ``u``'s gates side by side.
+    """
+    rows, k = weight.shape
+    hidden = rows // gates
+    return weight.reshape(gates, hidden // block, block, k).transpose(1, 3, 0, 2).reshape(hidden // block, k, -1)
+
+
+def backward_block(padded: int) -> int:
+    """Hidden units per block of the backward loop: 64 (6x64 register tiles) where ``Hp`` allows, else 16."""
+    return 64 if padded % 64 == 0 else 16
+
+
+def pack_backward(weight_hh: Array) -> Array:
+    """``W_hh`` ``(G Hp, Hp)`` -> ``(Hp/W, G Hp, W)``: ``packed[u, k, j] = W_hh[k, W u + j]``.
+
+    ``W`` is :func:`backward_block`.
+    """
+    rows, hidden = weight_hh.shape
+    block = backward_block(hidden)
+    return weight_hh.reshape(rows, hidden // block, block).transpose(1, 0, 2)
+
+
+def _bias_slots(kind: Kind, bias_ih: Array | None, bias_hh: Array | None, hidden: int) -> Array:
+    """The bias of each accumulator slot, ``(slots, H)``: LSTM ``b_ih + b_hh`` per gate (i, f, g, o);
+    GRU ``[b_ir + b_hr, b_iz + b_hz, b_hn, b_in]`` (``b_hn`` goes inside ``r * (...)``); RNN ``b_ih + b_hh``."""
+    if bias_ih is None:
+        return jnp.zeros((64 // kind.block, hidden), jnp.float32)
+    b_ih, b_hh = bias_ih.reshape(kind.gates, hidden), bias_hh.reshape(kind.gates, hidden)
+    if kind.name == "gru":
+        return jnp.stack([b_ih[0] + b_hh[0], b_ih[1] + b_hh[1], b_hh[2], b_ih[2]])
+    return b_ih + b_hh
+
+
+def _pack_bias(kind: Kind, bias_ih: Array | None, bias_hh: Array | None, hidden: int, padded: int) -> Array:
+    """-> ``(Hp/block, 64)``: the bias of block ``u``'s 64 accumulator columns."""
+    slots = _bias_slots(kind, bias_ih, bias_hh, hidden)
+    slots = jnp.pad(slots, [(0, 0), (0, padded - hidden)])
+    count = slots.shape[0]
+    return slots.reshape(count, padded // kind.block, kind.block).transpose(1, 0, 2).reshape(-1, 64)
+
+
+def _check(kind: Kind, what: str, weight_hh: Array, x: Array | None = None, weight_ih: Array | None = None) -> int:
     """Returns ``H``; raises when the kernel cannot run or the shapes do not fit."""
     reason = unavailable_reason()
     if reason is not None:
         raise RuntimeError(f"jaxrnn's CPU kernel is unavailable: {reason}")
-    four_h, hidden = weight_hh.shape if weight_hh.ndim == 2 else (0, 0)
-    ok = four_h == 4 * hidden and hidden > 0
+    rows, hidden = weight_hh.shape if weight_hh.ndim == 2 else (0, 0)
+    ok = rows == kind.gates * hidden and hidden > 0
     if x is not None:
-        ok = ok and x.ndim == 3 and weight_ih is not None and weight_ih.shape == (four_h, x.shape[-1])
+        ok = ok and x.ndim == 3 and weight_ih is not None and weight_ih.shape == (rows, x.shape[-1])
     if not ok:
+        g = "" if kind.gates == 1 else str(kind.gates)
         got = f"weight_hh {tuple(weight_hh.shape)}"
         if x is not None:
             got += f", x {tuple(x.shape)} and weight_ih {None if weight_ih is None else tuple(weight_ih.shape)}"
-        raise ValueError(f"{target}: expected weight_hh (4H, H), x (T, B, I) and weight_ih (4H, I), got {got}")
+        raise ValueError(
+            f"{kind.target(what)}: expected weight_hh ({g}H, H), x (T, B, I) and weight_ih ({g}H, I), got {got}"
+        )
     return hidden
 
 
-def _forward(target, keep, x, weight_ih, bias, weight_hh, h0, c0, valid, reverse, threads) -> tuple[Array, ...]:
-    hidden = _check(target, weight_hh, x, weight_ih)
-    hp = padded_size(hidden)
+def _threads(threads: int | None) -> np.int64:
+    return np.int64(threads or default_threads())
+
+
+def _forward(kind_name, train, x, weight_ih, weight_hh, bias_ih, bias_hh, state0, valid, reverse, threads):
+    kind = _kind(kind_name)
+    what = "forward_train" if train else "forward"
+    hidden = _check(kind, what, weight_hh, x, weight_ih)
+    if len(state0) != kind.states:
+        raise ValueError(f"{kind.target(what)}: expected a state of {kind.states} arrays, got {len(state0)}")
+    hp = kind.padded_size(hidden)
     steps, batch, _ = x.shape
-    state = jax.ShapeDtypeStruct((batch, hp), jnp.float32)
-    states = jax.ShapeDtypeStruct((steps, batch, hp), jnp.float32)
-    if keep:
-        results = (states, states, states, jax.ShapeDtypeStruct((steps, batch, 4 * hp), jnp.float32))
+    outputs = jax.ShapeDtypeStruct((steps, batch, hp), jnp.float32)
+    if train:
+        results = (
+            outputs,
+            jax.ShapeDtypeStruct((steps, kind.states, batch, hp), jnp.float32),
+            jax.ShapeDtypeStruct((steps, batch, kind.z_slots * hp), jnp.float32),
+        )
     else:
-        results = (states, state, state)
-    call = jax.ffi.ffi_call(target, results, vmap_method="sequential")
-    bias = jnp.zeros((4 * hidden,), jnp.float32) if bias is None else bias
+        results = (outputs, jax.ShapeDtypeStruct((kind.states, batch, hp), jnp.float32))
+    call = jax.ffi.ffi_call(kind.target(what), results, vmap_method="sequential")
     out = call(
         x,
-        pack_gate_rows(_pad_weight(weight_ih, hidden, pad_columns=False)),
-        _pad_units(bias, hidden, 4),
-        pack_gate_rows(_pad_weight(weight_hh, hidden, pad_columns=True)),
-        _pad_units(h0, hidden),
-        _pad_units(c0, hidden),
+        pack_panels(_pad_weight(weight_ih, kind.gates, hidden, hp, pad_columns=False), kind.gates, kind.block),
+        _pack_bias(kind, bias_ih, bias_hh, hidden, hp),
+        pack_panels(_pad_weight(weight_hh, kind.gates, hidden, hp, pad_columns=True), kind.gates, kind.block),
+        jnp.stack([_pad_units(s, hidden, hp) for s in state0]),
         valid,
         reverse=bool(reverse),
-        threads=np.int64(threads or default_threads()),
+        threads=_threads(threads),
     )
-    if keep:  # hs, cs, z stay padded: they go back into lstm_backward as they are
-        return (_unpad_units(out[0], hidden),) + tuple(out[1:])
-    return tuple(_unpad_units(a, hidden) for a in out)
+    outputs = _unpad_units(out[0], hidden, hp)[..., 0, :]
+    if train:  # states and z stay padded: they go back into backward() as they are
+        return outputs, out[1], out[2]
+    return outputs, tuple(_unpad_units(s, hidden, hp)[..., 0, :] for s in out[1])
 
 
-def lstm_forward(
+def forward(
+    kind: str,
     x: Array,
     weight_ih: Array,
-    bias: Array | None,
     weight_hh: Array,
-    h0: Array,
-    c0: Array,
+    bias_ih: Array | None,
+    bias_hh: Array | None,
+    state0: tuple[Array, ...],
     valid: Array,
     *,
     reverse: bool,
     threads: int | None = None,
-) -> tuple[Array, Array, Array]:
-    """Runs one LSTM direction over a whole sequence (inference: nothing kept for a backward pass).
+) -> tuple[Array, tuple[Array, ...]]:
+    """Runs one direction of one layer over a whole sequence (inference: nothing kept for a backward pass).
 
     Args:
+      kind: the cell, a key of :data:`KINDS` (``"lstm"``, ``"gru"``, ``"rnn_tanh"``, ``"rnn_relu"``).
       x: ``(T, B, I)`` float32 inputs.
-      weight_ih: ``(4H, I)``, weight_hh: ``(4H, H)`` float32, torch's layout.
-      bias: ``(4H,)``, ``b_ih + b_hh``, or None.
-      h0, c0: ``(B, H)`` initial state.
+      weight_ih: ``(G H, I)``, weight_hh: ``(G H, H)`` float32, torch's layout (``G`` gates: 4, 3, 1).
+      bias_ih, bias_hh: ``(G H,)`` or both None.
+      state0: the initial state, ``(h0,)`` or for LSTM ``(h0, c0)``, each ``(B, H)``.
       valid: ``(T, B)`` float32, 1 on real steps and 0 on padding (state carried, output zero).
       reverse: run from the last step to the first.
       threads: threads to split the hidden units over (default :func:`default_threads`).
-    Returns ``(outputs, h_n, c_n)``: outputs ``(T, B, H)`` (zero on padding) and the final state ``(B, H)``.
+    Returns ``(outputs, state_n)``: outputs ``(T, B, H)`` (zero on padding) and the final state, a tuple
+    like ``state0``.
     """
-    return _forward(TARGETS[0], False, x, weight_ih, bias, weight_hh, h0, c0, valid, reverse, threads)
+    return _forward(kind, False, x, weight_ih, weight_hh, bias_ih, bias_hh, state0, valid, reverse, threads)
 
 
-def lstm_forward_train(
+def forward_train(
+    kind: str,
     x: Array,
     weight_ih: Array,
-    bias: Array | None,
     weight_hh: Array,
-    h0: Array,
-    c0: Array,
+    bias_ih: Array | None,
+    bias_hh: Array | None,
+    state0: tuple[Array, ...],
     valid: Array,
-    *,
-    reverse: bool,
-    threads: int | None = None,
-) -> tuple[Array, Array, Array, Array]:
-    """:func:`lstm_forward` that also keeps what the backward pass needs.
-
-    Returns ``(outputs, hs, cs, z)``: outputs ``(T, B, H)``; ``hs``, ``cs`` ``(T, B, Hp)``, the state
-    after every step (carried through padding); ``z`` ``(T, B, 4 Hp)``, the gate pre-activations
-    ``x_t @ W_ih^T + b + h_{t-1} @ W_hh^T``. ``Hp`` is ``H`` rounded up to a multiple of 16
-    (:func:`padded_size`); the extra units are zero.
-    """
-    return _forward(TARGETS[1], True, x, weight_ih, bias, weight_hh, h0, c0, valid, reverse, threads)
-
-
-def lstm_backward(
-    z: Array,
-    cs: Array,
-    c0: Array,
-    d_outputs: Array,
-    dh_n: Array,
-    dc_n: Array,
-    valid: Array,
-    weight_hh: Array,
     *,
     reverse: bool,
     threads: int | None = None,
 ) -> tuple[Array, Array, Array]:
-    """The backward pass of :func:`lstm_forward_train` through the recurrence.
+    """:func:`forward` that also keeps what :func:`backward` needs.
+
+    Returns ``(outputs, states, z)``: outputs ``(T, B, H)``; ``states`` ``(T, S, B, Hp)``, the state after
+    every step (carried through padding; ``S`` = 2 for LSTM's ``h, c``, else 1); ``z``
+    ``(T, B, Z Hp)``, the pre-activations (LSTM: the four gates; GRU: ``r``, ``z``, ``W_hn h + b_hn``,
+    ``W_in x + b_in``; RNN: none, ``Z = 0``). ``Hp`` is ``H`` rounded up to the kind's block
+    (:meth:`Kind.padded_size`); the extra units are zero.
+    """
+    return _forward(kind, True, x, weight_ih, weight_hh, bias_ih, bias_hh, state0, valid, reverse, threads)
+
+
+def backward(
+    kind: str,
+    z: Array,
+    states: Array,
+    state0: tuple[Array, ...],
+    d_outputs: Array,
+    d_state_n: tuple[Array, ...],
+    valid: Array,
+    weight_hh: Array,
+    *,
+    reverse: bool,
+    threads: int | None = None,
+) -> tuple[Array, Array, tuple[Array, ...]]:
+    """The backward pass of :func:`forward_train` through the recurrence.
 
     Args:
-      z, cs: from :func:`lstm_forward_train` (padded to ``Hp`` units).
-      c0: ``(B, H)`` initial cell state.
-      d_outputs: ``(T, B, H)`` gradient of the outputs; dh_n, dc_n ``(B, H)`` of the final state.
+      kind: as for :func:`forward`.
+      z, states: from :func:`forward_train` (padded).
+      state0: the initial state, as for the forward.
+      d_outputs: ``(T, B, H)``, the gradient of the outputs; d_state_n: of the final state, like ``state0``.
       valid, weight_hh, reverse, threads: as for the forward.
-    Returns ``(dz, dh0, dc0)``: the pre-activation gradients ``(T, B, 4H)`` (zero on padding), from
-    which the weight, bias and input gradients follow as large matmuls, and those of the initial state.
+    Returns ``(dgx, dgh, d_state0)``: the gradients of the two projections ``x @ W_ih^T + b_ih`` and
+    ``h_{t-1} @ W_hh^T + b_hh``, each ``(T, B, G H)`` in torch's gate order and zero on padding (for
+    LSTM and RNN they are the same array), from which the weight, bias and input gradients follow as
+    large matmuls; and the gradient of the initial state, like ``state0``.
     """
-    hidden = _check(TARGETS[2], weight_hh)
-    hp = padded_size(hidden)
-    state = jax.ShapeDtypeStruct((z.shape[1], hp), jnp.float32)
-    call = jax.ffi.ffi_call(
-        TARGETS[2], (jax.ShapeDtypeStruct(z.shape, jnp.float32), state, state), vmap_method="sequential"
+    kind_ = _kind(kind)
+    hidden = _check(kind_, "backward", weight_hh)
+    hp = kind_.padded_size(hidden)
+    steps, batch = d_outputs.shape[:2]
+    gradient = jax.ShapeDtypeStruct((steps, batch, kind_.gates * hp), jnp.float32)
+    results = (
+        gradient,
+        gradient if kind_.separate_dx else jax.ShapeDtypeStruct((steps, batch, 0), jnp.float32),
+        jax.ShapeDtypeStruct((kind_.states, batch, hp), jnp.float32),
     )
-    dz, dh0, dc0 = call(
+    call = jax.ffi.ffi_call(kind_.target("backward"), results, vmap_method="sequential")
+    dgh, dgx, d_state0 = call(
         z,
-        cs,
-        _pad_units(c0, hidden),
-        _pad_units(d_outputs, hidden),
-        _pad_units(dh_n, hidden),
-        _pad_units(dc_n, hidden),
+        states,
+        jnp.stack([_pad_units(s, hidden, hp) for s in state0]),
+        _pad_units(d_outputs, hidden, hp),
+        jnp.stack([_pad_units(s, hidden, hp) for s in d_state_n]),
         valid,
-        pack_weight_hh_backward(_pad_weight(weight_hh, hidden, pad_columns=True)),
+        pack_backward(_pad_weight(weight_hh, kind_.gates, hidden, hp, pad_columns=True)),
         reverse=bool(reverse),
-        threads=np.int64(threads or default_threads()),
+        threads=_threads(threads),
     )
-    return _unpad_units(dz, hidden, 4), _unpad_units(dh0, hidden), _unpad_units(dc0, hidden)
+
+    def unpad(a: Array) -> Array:
+        return _unpad_units(a, hidden, hp, kind_.gates).reshape(steps, batch, kind_.gates * hidden)
+
+    dgh = unpad(dgh)
+    dgx = unpad(dgx) if kind_.separate_dx else dgh
+    return dgx, dgh, tuple(_unpad_units(s, hidden, hp)[..., 0, :] for s in d_state0)

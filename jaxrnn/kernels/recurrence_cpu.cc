@@ -1,0 +1,618 @@
+// RNN (tanh, relu), LSTM and GRU recurrences for x86-64 CPUs with AVX-512, called from XLA through
+// the FFI (jaxrnn.kernels.cpu).
+//
+// One call runs a whole sequence in one direction. Each step is one pass over the packed weights:
+// x_t @ W_ih^T and h_{t-1} @ W_hh^T go into one set of 6x64 register tiles, and the bias and the
+// cell's gates are fused into the tile's epilogue, so nothing is written but the step's results.
+// Work is split over up to `threads` threads by blocks of hidden units (all gates of a unit in one
+// block): the calling thread and helper tasks on XLA's intra-op thread pool claim blocks step by
+// step, and a step starts when every block of the one before is done. The backward pass runs the
+// recurrence's gradient the same way: per step the gate gradients, then dh_{t-1} = dz_t @ W_hh.
+//
+// One template drives the three cells; a cell is a traits struct (Lstm, Gru, Rnn<Act>) that says
+// how its gates sit in the 64 accumulator columns of a block, and what its epilogue and gate
+// gradients are. Torch's gate orders: LSTM i, f, g, o; GRU r, z, n.
+//
+// Shapes (T steps, B batch, I inputs, H hidden, a multiple of the cell's block; S states per step,
+// 2 for LSTM (h, c) and 1 otherwise; U = H / block):
+//   x       (T, B, I)          inputs
+//   wpi     (U, I, 16 Gi)      W_ih^T packed by block (Gi 16-column panels per block and row k)
+//   bias    (U, 64)            the bias of each accumulator column
+//   wp      (U, H, 16 Gh)      W_hh^T packed the same way
+//   state0  (S, B, H)          initial state
+//   valid   (T, B)             1 on real steps, 0 on padding (state carried, output zero)
+// Results, inference (*_forward): out (T, B, H), zero on padding; state_n (S, B, H).
+// Results, training (*_forward_train): out; states (T, S, B, H), the state after each step (carried
+// through padding); z (T, B, Z H), the pre-activations the backward pass needs (Z = 0 for RNN).
+// Backward (*_backward): dz (T, B, G H), the gradient of h_{t-1} @ W_hh^T + b_hh (zero on padding),
+// dx (T, B, X H), that of x_t @ W_ih^T + b_ih where it differs (GRU; X = 0 otherwise), and
+// d_state0 (S, B, H), from z, states, state0, d_out (T, B, H), d_state_n (S, B, H), valid and
+// W_hh packed as wb (H/16, G H, 16): wb[u, k, j] = W_hh[k, 16 u + j] (G = 4 LSTM, 3 GRU, 1 RNN).
+#include <immintrin.h>
+#include <sys/mman.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// ---- math -----------------------------------------------------------------------------------
+
+inline __m512 exp512(__m512 x) {
+  // exp(x) = 2^n * p(r), r = x - n ln2, |r| <= ln2/2; degree-6 polynomial (Cephes expf coefficients)
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+  __m512 r2 = _mm512_mul_ps(r, r);
+  p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+inline __m512 sigmoid512(__m512 x) {
+  __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
+  return _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+inline __m512 tanh512(__m512 x) {
+  // tanh(x) = sign(x) * (1 - e) / (1 + e), e = exp(-2|x|)
+  __m512 ax = _mm512_abs_ps(x);
+  __m512 e = exp512(_mm512_mul_ps(ax, _mm512_set1_ps(-2.0f)));
+  __m512 t = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), e), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+  // small |x|: use x - x^3/3 + 2x^5/15 to keep relative accuracy
+  __m512 x2 = _mm512_mul_ps(x, x);
+  __m512 small = _mm512_mul_ps(ax, _mm512_fmadd_ps(x2, _mm512_fmadd_ps(x2, _mm512_set1_ps(2.f / 15.f), _mm512_set1_ps(-1.f / 3.f)), _mm512_set1_ps(1.f)));
+  __mmask16 m = _mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.004f), _CMP_LT_OQ);
+  t = _mm512_mask_blend_ps(m, t, small);
+  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t), _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x80000000))));
+}
+inline __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+inline void store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+inline __m512 one() { return _mm512_set1_ps(1.0f); }
+inline __m512 sigmoid_grad(__m512 s) { return _mm512_mul_ps(s, _mm512_sub_ps(one(), s)); }  // from sigmoid(x)
+inline __m512 tanh_grad(__m512 t) { return _mm512_fnmadd_ps(t, t, one()); }                 // from tanh(x)
+
+// ---- one step of the forward pass -------------------------------------------------------------
+
+struct Step {
+  int B, H, I;
+  const float* x;     // (B, I) this step's inputs
+  const float* prev;  // (S, B, H) the state before the step
+  const float* wpi;   // (U, I, 16 Gi) W_ih^T packed
+  const float* wp;    // (U, H, 16 Gh) W_hh^T packed
+  const float* bias;  // (U, 64)
+  const float* valid; // (B)
+  float* out;         // (B, H)
+  float* dst;         // (S, B, H) the state after the step
+  float* z;           // (B, Z H) pre-activations, or nullptr when not kept
+};
+
+// acc[m][Slot[g]] (+)= sum_k a[m, k] * w[k, 16 g : 16 g + 16], g < NG, for MR rows of a (row stride
+// lda) and a (K, 16 NG) weight panel.
+template <int MR, int NG, const int* Slot>
+inline void tile(int K, const float* a, int lda, const float* w, __m512 acc[][4]) {
+  for (int k = 0; k < K; ++k) {
+    __m512 wk[NG];
+#pragma GCC unroll 4
+    for (int g = 0; g < NG; ++g) wk[g] = load(w + (k * NG + g) * 16);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const __m512 am = _mm512_set1_ps(a[m * lda + k]);
+#pragma GCC unroll 4
+      for (int g = 0; g < NG; ++g) acc[m][Slot[g]] = _mm512_fmadd_ps(am, wk[g], acc[m][Slot[g]]);
+    }
+  }
+}
+
+inline constexpr int kSlots0123[4] = {0, 1, 2, 3};
+inline constexpr int kSlots013[3] = {0, 1, 3};
+
+// Where the 64 accumulator columns of block u go: LSTM and GRU keep 16 units and 4 gate slots
+// (slot q is columns 16 q .. 16 q + 15 of unit block u); RNN keeps 64 units and one gate.
+
+// LSTM, torch's gate order i, f, g, o: slot q is gate q, from x and h alike.
+struct Lstm {
+  static constexpr const char* kName = "lstm";
+  static constexpr int kStates = 2, kBlock = 16, kIn = 4, kHid = 4, kZ = 4, kDz = 4, kDx = 0;
+  static constexpr const int* kInSlot = kSlots0123;
+  static constexpr const int* kHidSlot = kSlots0123;
+  static constexpr bool kDirectDh = false;  // dh_{t-1} is dz_t @ W_hh alone
+
+  static void epilogue(const Step& s, int u, int row, __m512 acc[4]) {
+    const size_t B = s.B, H = s.H, unit0 = row * H + u * 16;
+    __m512 pre[4];
+    for (int q = 0; q < 4; ++q) {
+      pre[q] = _mm512_add_ps(acc[q], load(s.bias + u * 64 + q * 16));
+      if (s.z) store(s.z + row * 4 * H + q * H + u * 16, pre[q]);
+    }
+    const __m512 i = sigmoid512(pre[0]), f = sigmoid512(pre[1]), g = tanh512(pre[2]), o = sigmoid512(pre[3]);
+    const __m512 c_old = load(s.prev + B * H + unit0);
+    const __m512 c = _mm512_fmadd_ps(f, c_old, _mm512_mul_ps(i, g));
+    const __m512 h = _mm512_mul_ps(o, tanh512(c));
+    if (s.valid[row] > 0.5f) {
+      store(s.dst + unit0, h);
+      store(s.dst + B * H + unit0, c);
+      store(s.out + unit0, h);
+    } else {
+      store(s.dst + unit0, load(s.prev + unit0));
+      store(s.dst + B * H + unit0, c_old);
+      store(s.out + unit0, _mm512_setzero_ps());
+    }
+  }
+};
+
+// GRU, torch's gate order r, z, n with n = tanh(W_in x + b_in + r * (W_hn h + b_hn)): the slots are
+// r, z (x and h summed), hn = W_hn h + b_hn and xn = W_in x + b_in. W_ih's panels r, z, n go to
+// slots 0, 1, 3; W_hh's r, z, n to 0, 1, 2. z keeps the four slots. The backward pass writes the
+// gradients of both projections, dz = [d r_pre, d z_pre, d hn] for W_hh h + b_hh and
+// dx = [d r_pre, d z_pre, d xn] for W_ih x + b_ih.
+struct Gru {
+  static constexpr const char* kName = "gru";
+  static constexpr int kStates = 1, kBlock = 16, kIn = 3, kHid = 3, kZ = 4, kDz = 3, kDx = 3;
+  static constexpr const int* kInSlot = kSlots013;
+  static constexpr const int* kHidSlot = kSlots0123;
+  static constexpr bool kDirectDh = true;  // dh_{t-1} = dh_t * z + dz_t[:, :3H] @ W_hh
+
+  static void epilogue(const Step& s, int u, int row, __m512 acc[4]) {
+    const size_t H = s.H, unit0 = row * H + u * 16;
+    __m512 pre[4];
+    for (int q = 0; q < 4; ++q) {
+      pre[q] = _mm512_add_ps(acc[q], load(s.bias + u * 64 + q * 16));
+      if (s.z) store(s.z + row * 4 * H + q * H + u * 16, pre[q]);
+    }
+    const __m512 r = sigmoid512(pre[0]), z = sigmoid512(pre[1]);
+    const __m512 n = tanh512(_mm512_fmadd_ps(r, pre[2], pre[3]));
+    const __m512 h_old = load(s.prev + unit0);
+    if (s.valid[row] > 0.5f) {
+      const __m512 h = _mm512_fmadd_ps(z, _mm512_sub_ps(h_old, n), n);  // (1 - z) n + z h
+      store(s.dst + unit0, h);
+      store(s.out + unit0, h);
+    } else {
+      store(s.dst + unit0, h_old);
+      store(s.out + unit0, _mm512_setzero_ps());
+    }
+  }
+};
+
+// Elman RNN: one gate, blocks of 64 units (slot q is units 16 q .. 16 q + 15 of the block). The
+// backward pass needs no pre-activations: the gradient of tanh or relu follows from h.
+struct Tanh {
+  static __m512 f(__m512 x) { return tanh512(x); }
+  static __m512 grad(__m512 h) { return tanh_grad(h); }
+  static constexpr const char* kName = "rnn_tanh";
+};
+struct Relu {
+  static __m512 f(__m512 x) { return _mm512_max_ps(x, _mm512_setzero_ps()); }
+  static __m512 grad(__m512 h) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(h, _mm512_setzero_ps(), _CMP_GT_OQ), _mm512_setzero_ps(), one());
+  }
+  static constexpr const char* kName = "rnn_relu";
+};
+template <typename Act>
+struct Rnn {
+  static constexpr const char* kName = Act::kName;
+  static constexpr int kStates = 1, kBlock = 64, kIn = 4, kHid = 4, kZ = 0, kDz = 1, kDx = 0;
+  static constexpr const int* kInSlot = kSlots0123;
+  static constexpr const int* kHidSlot = kSlots0123;
+  static constexpr bool kDirectDh = false;
+
+  static void epilogue(const Step& s, int u, int row, __m512 acc[4]) {
+    const bool valid = s.valid[row] > 0.5f;
+    for (int q = 0; q < 4; ++q) {
+      const size_t unit0 = (size_t)row * s.H + u * 64 + q * 16;
+      if (valid) {
+        const __m512 h = Act::f(_mm512_add_ps(acc[q], load(s.bias + u * 64 + q * 16)));
+        store(s.dst + unit0, h);
+        store(s.out + unit0, h);
+      } else {
+        store(s.dst + unit0, load(s.prev + unit0));
+        store(s.out + unit0, _mm512_setzero_ps());
+      }
+    }
+  }
+};
+
+// Calls f(std::integral_constant<int, MR>{}, r) for row tiles [r, r + MR) covering rows [0, B): MR = MAX,
+// then one smaller tile for the rest.
+template <int N, typename F>
+inline void last_tile(int left, int r, F& f) {
+  if constexpr (N > 0) {
+    if (left == N) {
+      f(std::integral_constant<int, N>{}, r);
+    } else {
+      last_tile<N - 1>(left, r, f);
+    }
+  }
+}
+template <int MAX, typename F>
+inline void for_row_tiles(int B, F f) {
+  int r = 0;
+  for (; r + MAX <= B; r += MAX) f(std::integral_constant<int, MAX>{}, r);
+  last_tile<MAX - 1>(B - r, r, f);
+}
+
+template <typename Cell, int MR>
+void rows_block(const Step& s, int u, int r) {
+  __m512 acc[MR][4];
+  for (int m = 0; m < MR; ++m) for (int q = 0; q < 4; ++q) acc[m][q] = _mm512_setzero_ps();
+  tile<MR, Cell::kIn, Cell::kInSlot>(s.I, s.x + (size_t)r * s.I, s.I, s.wpi + (size_t)u * s.I * 16 * Cell::kIn, acc);
+  tile<MR, Cell::kHid, Cell::kHidSlot>(s.H, s.prev + (size_t)r * s.H, s.H, s.wp + (size_t)u * s.H * 16 * Cell::kHid, acc);
+  for (int m = 0; m < MR; ++m) Cell::epilogue(s, u, r + m, acc[m]);
+}
+
+template <typename Cell>
+void unit_block(const Step& s, int u) {
+  for_row_tiles<6>(s.B, [&](auto mr, int r) { rows_block<Cell, decltype(mr)::value>(s, u, r); });
+}
+
+// ---- memory -----------------------------------------------------------------------------------
+
+// XLA hands each call fresh result buffers; large ones are new mmap'ed memory, and first-touching
+// them 4 KiB page by page cost more than the arithmetic (an LSTM gradient at batch 64, hidden 512
+// took 13.7M page faults per minute). Asking for transparent huge pages on the 2 MiB-aligned inside
+// of a large result (where the system has THP in "madvise" mode) makes that 512 times fewer faults.
+// It changes nothing but how the kernel backs those pages; failures are ignored.
+inline void prefer_huge_pages(void* data, size_t bytes) {
+  constexpr uintptr_t kHuge = 2u << 20;
+  if (bytes < 2 * kHuge) return;
+  const uintptr_t begin = ((uintptr_t)data + kHuge - 1) & ~(kHuge - 1), end = ((uintptr_t)data + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise((void*)begin, end - begin, MADV_HUGEPAGE);
+}
+
+// ---- threads ----------------------------------------------------------------------------------
+
+// Spins until `counter` reaches `target`; after a while yields the core, in case the thread it waits
+// for shares it (the OS may put both on one core, and a pure spin would then burn the whole slice).
+inline void wait_until(const std::atomic<int64_t>& counter, int64_t target) {
+  for (int spins = 0; counter.load(std::memory_order_acquire) < target; ++spins) {
+    if (spins < 2000) {
+      _mm_pause();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
+// Phases of U blocks each, run in order by the calling thread and any helpers that join: phase p
+// starts when every block of phase p - 1 is done. Helpers may start late, or after the call is over:
+// they hold the work by shared_ptr and touch the buffers only through blocks claimed before the end.
+struct Phases {
+  int P, U;
+  std::function<void(int, int)> run;  // run(phase, block)
+  // claims[p] packs the next unclaimed block of phase p from the front (high 32 bits) and the end of
+  // the unclaimed range (low 32 bits): the caller takes blocks from the front, helpers from the back,
+  // so each thread keeps mostly the same weight panels in its cache from phase to phase.
+  std::vector<std::atomic<uint64_t>> claims;
+  std::atomic<int64_t> done{0};  // blocks finished, over all phases
+
+  Phases(int P, int U, std::function<void(int, int)> run) : P(P), U(U), run(std::move(run)), claims(P) {
+    for (auto& c : claims) c.store((uint64_t)U, std::memory_order_relaxed);  // lo = 0, hi = U
+  }
+
+  int claim(int p, bool front) {
+    uint64_t packed = claims[p].load(std::memory_order_relaxed);
+    while (true) {
+      const uint32_t lo = packed >> 32, hi = (uint32_t)packed;
+      if (lo >= hi) return -1;
+      const uint64_t next = front ? ((uint64_t)(lo + 1) << 32) | hi : ((uint64_t)lo << 32) | (hi - 1);
+      if (claims[p].compare_exchange_weak(packed, next, std::memory_order_relaxed)) return front ? lo : hi - 1;
+    }
+  }
+
+  void participate(bool front) {
+    for (int p = (int)(done.load(std::memory_order_acquire) / U); p < P; ++p) {
+      wait_until(done, (int64_t)p * U);
+      for (int u; (u = claim(p, front)) >= 0;) {
+        run(p, u);
+        done.fetch_add(1, std::memory_order_acq_rel);
+      }
+    }
+  }
+};
+
+// Runs all phases on the calling thread plus up to `threads - 1` tasks on XLA's intra-op pool (so
+// they do not fight XLA's own threads for the cores). The caller alone finishes if no helper starts.
+// `owner` keeps the work's buffers alive for late helpers.
+void RunPhases(ffi::ThreadPool& pool, int64_t threads, std::shared_ptr<Phases> phases, std::shared_ptr<void> owner) {
+  const int64_t helpers = std::min<int64_t>(std::max<int64_t>(threads, 1), phases->U) - 1;
+  for (int64_t i = 0; i < helpers && phases->P > 0; ++i) {
+    pool.Schedule([phases, owner] { phases->participate(false); });
+  }
+  phases->participate(true);
+  const int64_t total = (int64_t)phases->P * phases->U;
+  wait_until(phases->done, total);  // the helpers' last blocks
+}
+
+// The state a step starts from and where it writes, for step number `step` of T (in processing order).
+struct StateIndex {
+  int t, before;  // time index of this step and of the previous one (in processing order)
+  StateIndex(int step, int T, bool reverse)
+      : t(reverse ? T - 1 - step : step), before(reverse ? T - step : step - 1) {}
+};
+
+// ---- forward ----------------------------------------------------------------------------------
+
+// With `states` (training) every step's state goes there and the pre-activations to z; without
+// (inference) the state ping-pongs between two scratch buffers.
+template <typename Cell>
+ffi::Error Forward(const std::string& name, ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& x,
+                   ffi::Buffer<ffi::F32>& wpi, ffi::Buffer<ffi::F32>& bias, ffi::Buffer<ffi::F32>& wp,
+                   ffi::Buffer<ffi::F32>& state0, ffi::Buffer<ffi::F32>& valid, bool reverse, int64_t threads,
+                   float* out, float* states, float* z, float* state_n) {
+  auto dims = x.dimensions();
+  auto state_dims = state0.dimensions();
+  if (dims.size() != 3 || state_dims.size() != 3 || state_dims[0] != Cell::kStates || state_dims[1] != dims[1] ||
+      state_dims[2] % Cell::kBlock != 0) {
+    return ffi::Error::InvalidArgument(name + ": expected x (T, B, I) and state0 (" + std::to_string(Cell::kStates) +
+                                       ", B, H), H a multiple of " + std::to_string(Cell::kBlock));
+  }
+  const int T = dims[0], B = dims[1], I = dims[2], H = state_dims[2], U = H / Cell::kBlock;
+  const size_t state = (size_t)Cell::kStates * B * H;
+  prefer_huge_pages(out, T * (size_t)B * H * sizeof(float));
+  if (states) prefer_huge_pages(states, T * state * sizeof(float));
+  if (z) prefer_huge_pages(z, T * (size_t)B * Cell::kZ * H * sizeof(float));
+  auto scratch = std::make_shared<std::vector<float>>(states ? 0 : 2 * state);
+  const float *x_p = x.typed_data(), *wpi_p = wpi.typed_data(), *bias_p = bias.typed_data();
+  const float *wp_p = wp.typed_data(), *state0_p = state0.typed_data(), *valid_p = valid.typed_data();
+  float* ping_pong = scratch->data();
+  auto step_args = [=](int step) {
+    StateIndex at(step, T, reverse);
+    const float* prev;
+    float* dst;
+    if (states) {
+      prev = step == 0 ? state0_p : states + at.before * state;
+      dst = states + at.t * state;
+    } else {
+      prev = step == 0 ? state0_p : ping_pong + ((step + 1) % 2) * state;  // the previous step wrote there
+      dst = ping_pong + (step % 2) * state;
+    }
+    return Step{B, H, I, x_p + (size_t)at.t * B * I, prev, wpi_p, wp_p, bias_p, valid_p + (size_t)at.t * B,
+                out + (size_t)at.t * B * H, dst, z ? z + (size_t)at.t * B * Cell::kZ * H : nullptr};
+  };
+  auto phases = std::make_shared<Phases>(T, U, [=](int step, int u) { unit_block<Cell>(step_args(step), u); });
+  RunPhases(pool, threads, phases, scratch);
+  if (!states) std::memcpy(state_n, T == 0 ? state0_p : ping_pong + ((T - 1) % 2) * state, state * sizeof(float));
+  return ffi::Error::Success();
+}
+
+template <typename Cell>
+ffi::Error ForwardInference(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wpi,
+                            ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> wp, ffi::Buffer<ffi::F32> state0,
+                            ffi::Buffer<ffi::F32> valid, bool reverse, int64_t threads,
+                            ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> state_n) {
+  return Forward<Cell>(std::string("jaxrnn_") + Cell::kName + "_forward", pool, x, wpi, bias, wp, state0, valid,
+                       reverse, threads, out->typed_data(), nullptr, nullptr, state_n->typed_data());
+}
+
+template <typename Cell>
+ffi::Error ForwardTrain(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wpi,
+                        ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> wp, ffi::Buffer<ffi::F32> state0,
+                        ffi::Buffer<ffi::F32> valid, bool reverse, int64_t threads, ffi::ResultBuffer<ffi::F32> out,
+                        ffi::ResultBuffer<ffi::F32> states, ffi::ResultBuffer<ffi::F32> z) {
+  return Forward<Cell>(std::string("jaxrnn_") + Cell::kName + "_forward_train", pool, x, wpi, bias, wp, state0,
+                       valid, reverse, threads, out->typed_data(), states->typed_data(),
+                       Cell::kZ ? z->typed_data() : nullptr, nullptr);
+}
+
+// ---- backward ---------------------------------------------------------------------------------
+
+struct BackStep {
+  int B, H;
+  const float* z;      // (B, Z H) this step's pre-activations
+  const float* prev;   // (S, B, H) the state before the step
+  const float* cur;    // (S, B, H) the state after it
+  const float* d_out;  // (B, H) gradient of this step's output
+  const float* valid;  // (B)
+  float* d_state;      // (S, B, H) carried: the gradient of the state after the step, then before it
+  float* dz;           // (B, D H) gradient of the pre-activations of h_{t-1} @ W_hh^T + b_hh
+  float* dx;           // (B, X H) GRU: of x_t @ W_ih^T + b_ih, when it differs from dz
+};
+
+// Gate gradients of one step for the 16 units of block u, every row: from the carried state gradient
+// and this step's output gradient, writes dz and what of the state gradient does not go through
+// W_hh (LSTM: dc; GRU: dh * z). Padding rows get dz = 0 and carry the state gradient unchanged.
+struct LstmGrad {
+  static void gates(const BackStep& s, int u) {
+    const size_t B = s.B, H = s.H;
+    float *dh = s.d_state, *dc = s.d_state + B * H;
+    for (size_t row = 0; row < B; ++row) {
+      const size_t gate0 = row * 4 * H + u * 16, unit0 = row * H + u * 16;
+      if (s.valid[row] <= 0.5f) {
+        for (int q = 0; q < 4; ++q) store(s.dz + gate0 + q * H, _mm512_setzero_ps());
+        continue;
+      }
+      const __m512 i = sigmoid512(load(s.z + gate0)), f = sigmoid512(load(s.z + gate0 + H));
+      const __m512 g = tanh512(load(s.z + gate0 + 2 * H)), o = sigmoid512(load(s.z + gate0 + 3 * H));
+      const __m512 tc = tanh512(load(s.cur + B * H + unit0));
+      const __m512 dh_t = _mm512_add_ps(load(dh + unit0), load(s.d_out + unit0));
+      // dc_t = dc + dh_t * o * (1 - tanh(c)^2)
+      const __m512 dct = _mm512_fmadd_ps(_mm512_mul_ps(dh_t, o), tanh_grad(tc), load(dc + unit0));
+      store(s.dz + gate0, _mm512_mul_ps(_mm512_mul_ps(dct, g), sigmoid_grad(i)));
+      store(s.dz + gate0 + H, _mm512_mul_ps(_mm512_mul_ps(dct, load(s.prev + B * H + unit0)), sigmoid_grad(f)));
+      store(s.dz + gate0 + 2 * H, _mm512_mul_ps(_mm512_mul_ps(dct, i), tanh_grad(g)));
+      store(s.dz + gate0 + 3 * H, _mm512_mul_ps(_mm512_mul_ps(dh_t, tc), sigmoid_grad(o)));
+      store(dc + unit0, _mm512_mul_ps(dct, f));
+    }
+  }
+};
+struct GruGrad {
+  static void gates(const BackStep& s, int u) {
+    const size_t B = s.B, H = s.H;
+    float* dh = s.d_state;
+    for (size_t row = 0; row < B; ++row) {
+      const size_t gate0 = row * 4 * H + u * 16, grad0 = row * 3 * H + u * 16, unit0 = row * H + u * 16;
+      if (s.valid[row] <= 0.5f) {
+        for (int q = 0; q < 3; ++q) store(s.dz + grad0 + q * H, _mm512_setzero_ps());
+        for (int q = 0; q < 3; ++q) store(s.dx + grad0 + q * H, _mm512_setzero_ps());
+        continue;
+      }
+      const __m512 r = sigmoid512(load(s.z + gate0)), z = sigmoid512(load(s.z + gate0 + H));
+      const __m512 hn = load(s.z + gate0 + 2 * H);
+      const __m512 n = tanh512(_mm512_fmadd_ps(r, hn, load(s.z + gate0 + 3 * H)));
+      const __m512 dh_t = _mm512_add_ps(load(dh + unit0), load(s.d_out + unit0));
+      // h = (1 - z) n + z h_prev
+      const __m512 dn_pre = _mm512_mul_ps(_mm512_fnmadd_ps(dh_t, z, dh_t), tanh_grad(n));
+      const __m512 dz_pre = _mm512_mul_ps(_mm512_mul_ps(dh_t, _mm512_sub_ps(load(s.prev + unit0), n)), sigmoid_grad(z));
+      const __m512 dr_pre = _mm512_mul_ps(_mm512_mul_ps(dn_pre, hn), sigmoid_grad(r));
+      store(s.dz + grad0, dr_pre);
+      store(s.dz + grad0 + H, dz_pre);
+      store(s.dz + grad0 + 2 * H, _mm512_mul_ps(dn_pre, r));
+      store(s.dx + grad0, dr_pre);
+      store(s.dx + grad0 + H, dz_pre);
+      store(s.dx + grad0 + 2 * H, dn_pre);
+      store(dh + unit0, _mm512_mul_ps(dh_t, z));  // the direct part; the matmul phase adds dz @ W_hh
+    }
+  }
+};
+
+template <typename Act>
+struct RnnGrad {
+  static void gates(const BackStep& s, int u) {
+    const size_t B = s.B, H = s.H;
+    for (size_t row = 0; row < B; ++row) {
+      const size_t unit0 = row * H + u * 16;
+      if (s.valid[row] <= 0.5f) {
+        store(s.dz + unit0, _mm512_setzero_ps());
+        continue;
+      }
+      const __m512 dh_t = _mm512_add_ps(load(s.d_state + unit0), load(s.d_out + unit0));
+      store(s.dz + unit0, _mm512_mul_ps(dh_t, Act::grad(load(s.cur + unit0))));
+    }
+  }
+};
+
+template <typename Cell> struct GradOf;
+template <> struct GradOf<Lstm> { using type = LstmGrad; };
+template <> struct GradOf<Gru> { using type = GruGrad; };
+template <typename Act> struct GradOf<Rnn<Act>> { using type = RnnGrad<Act>; };
+
+// dh[rows, W u : W u + W] (+)= dz[rows, :K] @ W_hh[:K, W u : W u + W] (W = 16 NP) on valid rows;
+// padding rows keep dh. GRU starts from the direct part the gates phase left in dh.
+template <typename Cell, int MR, int NP>
+void backward_matmul_rows(const BackStep& s, int u, int r, const float* wb) {
+  const size_t H = s.H, K = Cell::kDz * H;
+  float* dh = s.d_state + (size_t)u * 16 * NP;
+  __m512 acc[MR][4];
+  for (int m = 0; m < MR; ++m) {
+    for (int p = 0; p < NP; ++p) acc[m][p] = Cell::kDirectDh ? load(dh + (r + m) * H + 16 * p) : _mm512_setzero_ps();
+  }
+  tile<MR, NP, kSlots0123>(K, s.dz + r * K, K, wb + u * K * 16 * NP, acc);
+  for (int m = 0; m < MR; ++m) {
+    if (s.valid[r + m] <= 0.5f) continue;
+    for (int p = 0; p < NP; ++p) store(dh + (r + m) * H + 16 * p, acc[m][p]);
+  }
+}
+
+// Backward through the whole sequence, in the opposite order to the forward. Each step is two
+// phases over blocks of W units (W = 64 when H allows, else 16; wb is packed by the same blocks):
+// the gate gradients, then dh_{t-1} = (direct part) + dz_t @ W_hh.
+template <typename Cell>
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> states,
+                    ffi::Buffer<ffi::F32> state0, ffi::Buffer<ffi::F32> d_out, ffi::Buffer<ffi::F32> d_state_n,
+                    ffi::Buffer<ffi::F32> valid, ffi::Buffer<ffi::F32> wb, bool reverse, int64_t threads,
+                    ffi::ResultBuffer<ffi::F32> dz_out, ffi::ResultBuffer<ffi::F32> dx_out,
+                    ffi::ResultBuffer<ffi::F32> d_state0) {
+  auto dims = d_out.dimensions();
+  auto state_dims = state0.dimensions();
+  auto wb_dims = wb.dimensions();
+  const int64_t W = wb_dims.size() == 3 ? wb_dims[2] : 0;
+  if (dims.size() != 3 || state_dims.size() != 3 || state_dims[0] != Cell::kStates || (W != 16 && W != 64) ||
+      dims[2] % W != 0 || wb_dims[0] * W != dims[2] || state_dims[2] != dims[2] || state_dims[1] != dims[1]) {
+    return ffi::Error::InvalidArgument(
+        std::string("jaxrnn_") + Cell::kName +
+        "_backward: expected d_out (T, B, H), state0 (S, B, H) and wb (H/W, K, W), W 16 or 64 dividing H");
+  }
+  const int T = dims[0], B = dims[1], H = dims[2], U = H / W;
+  const size_t state = (size_t)Cell::kStates * B * H;
+  float *d_state = d_state0->typed_data(), *dz = dz_out->typed_data(), *dx = Cell::kDx ? dx_out->typed_data() : nullptr;
+  std::memcpy(d_state, d_state_n.typed_data(), state * sizeof(float));  // the carried gradient lives in d_state0
+  prefer_huge_pages(dz, T * (size_t)B * Cell::kDz * H * sizeof(float));
+  if (dx) prefer_huge_pages(dx, T * (size_t)B * Cell::kDx * H * sizeof(float));
+  const float *z_p = z.typed_data(), *states_p = states.typed_data(), *state0_p = state0.typed_data();
+  const float *d_out_p = d_out.typed_data(), *valid_p = valid.typed_data(), *wb_p = wb.typed_data();
+  auto run = [=](int phase, int u) {
+    const int back_step = phase / 2;  // 0 is the forward's last step
+    StateIndex at(T - 1 - back_step, T, reverse);
+    const BackStep s{B,
+                     H,
+                     Cell::kZ ? z_p + (size_t)at.t * B * Cell::kZ * H : nullptr,
+                     back_step == T - 1 ? state0_p : states_p + at.before * state,
+                     states_p + at.t * state,
+                     d_out_p + (size_t)at.t * B * H,
+                     valid_p + (size_t)at.t * B,
+                     d_state,
+                     dz + (size_t)at.t * B * Cell::kDz * H,
+                     dx ? dx + (size_t)at.t * B * Cell::kDx * H : nullptr};
+    if (phase % 2 == 0) {
+      for (int sub = 0; sub < W / 16; ++sub) GradOf<Cell>::type::gates(s, u * (W / 16) + sub);
+    } else if (W == 64) {
+      for_row_tiles<6>(B, [&](auto mr, int r) { backward_matmul_rows<Cell, decltype(mr)::value, 4>(s, u, r, wb_p); });
+    } else {
+      for_row_tiles<8>(B, [&](auto mr, int r) { backward_matmul_rows<Cell, decltype(mr)::value, 1>(s, u, r, wb_p); });
+    }
+  };
+  RunPhases(pool, threads, std::make_shared<Phases>(2 * T, U, run), nullptr);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+#define JAXRNN_FORWARD_ARGS                         \
+  ffi::Ffi::Bind()                                  \
+      .Ctx<ffi::ThreadPool>()                       \
+      .Arg<ffi::Buffer<ffi::F32>>() /* x */         \
+      .Arg<ffi::Buffer<ffi::F32>>() /* wpi */       \
+      .Arg<ffi::Buffer<ffi::F32>>() /* bias */      \
+      .Arg<ffi::Buffer<ffi::F32>>() /* wp */        \
+      .Arg<ffi::Buffer<ffi::F32>>() /* state0 */    \
+      .Arg<ffi::Buffer<ffi::F32>>() /* valid */     \
+      .Attr<bool>("reverse")                        \
+      .Attr<int64_t>("threads")                     \
+      .Ret<ffi::Buffer<ffi::F32>>() /* out */
+
+#define JAXRNN_BACKWARD_ARGS                        \
+  ffi::Ffi::Bind()                                  \
+      .Ctx<ffi::ThreadPool>()                       \
+      .Arg<ffi::Buffer<ffi::F32>>() /* z */         \
+      .Arg<ffi::Buffer<ffi::F32>>() /* states */    \
+      .Arg<ffi::Buffer<ffi::F32>>() /* state0 */    \
+      .Arg<ffi::Buffer<ffi::F32>>() /* d_out */     \
+      .Arg<ffi::Buffer<ffi::F32>>() /* d_state_n */ \
+      .Arg<ffi::Buffer<ffi::F32>>() /* valid */     \
+      .Arg<ffi::Buffer<ffi::F32>>() /* wb */        \
+      .Attr<bool>("reverse")                        \
+      .Attr<int64_t>("threads")                     \
+      .Ret<ffi::Buffer<ffi::F32>>() /* dz */        \
+      .Ret<ffi::Buffer<ffi::F32>>() /* dx */        \
+      .Ret<ffi::Buffer<ffi::F32>>() /* d_state0 */
+
+// Per cell: inference (out, state_n), training (out, states, z) and backward (dz, dx, d_state0).
+#define JAXRNN_CELL(name, Cell)                                                                               \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_##name##_forward, ForwardInference<Cell>,                              \
+                                JAXRNN_FORWARD_ARGS.Ret<ffi::Buffer<ffi::F32>>());                            \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_##name##_forward_train, ForwardTrain<Cell>,                            \
+                                JAXRNN_FORWARD_ARGS.Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()); \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_##name##_backward, Backward<Cell>, JAXRNN_BACKWARD_ARGS);
+
+using RnnTanh = Rnn<Tanh>;
+using RnnRelu = Rnn<Relu>;
+JAXRNN_CELL(lstm, Lstm)
+JAXRNN_CELL(gru, Gru)
+JAXRNN_CELL(rnn_tanh, RnnTanh)
+JAXRNN_CELL(rnn_relu, RnnRelu)
