@@ -29,7 +29,6 @@
 // d_state0 (S, B, H), from z, states, state0, d_out (T, B, H), d_state_n (S, B, H), valid and
 // W_hh packed as wb (H/16, G H, 16): wb[u, k, j] = W_hh[k, 16 u + j] (G = 4 LSTM, 3 GRU, 1 RNN).
 #include <immintrin.h>
-#include <sys/mman.h>
 
 #include <atomic>
 #include <cstddef>
@@ -261,20 +260,6 @@ void unit_block(const Step& s, int u) {
   for_row_tiles<6>(s.B, [&](auto mr, int r) { rows_block<Cell, decltype(mr)::value>(s, u, r); });
 }
 
-// ---- memory -----------------------------------------------------------------------------------
-
-// XLA hands each call fresh result buffers; large ones are new mmap'ed memory, and first-touching
-// them 4 KiB page by page cost more than the arithmetic (an LSTM gradient at batch 64, hidden 512
-// took 13.7M page faults per minute). Asking for transparent huge pages on the 2 MiB-aligned inside
-// of a large result (where the system has THP in "madvise" mode) makes that 512 times fewer faults.
-// It changes nothing but how the kernel backs those pages; failures are ignored.
-inline void prefer_huge_pages(void* data, size_t bytes) {
-  constexpr uintptr_t kHuge = 2u << 20;
-  if (bytes < 2 * kHuge) return;
-  const uintptr_t begin = ((uintptr_t)data + kHuge - 1) & ~(kHuge - 1), end = ((uintptr_t)data + bytes) & ~(kHuge - 1);
-  if (end > begin) madvise((void*)begin, end - begin, MADV_HUGEPAGE);
-}
-
 // ---- threads ----------------------------------------------------------------------------------
 
 // Spins until `counter` reaches `target`; after a while yields the core, in case the thread it waits
@@ -364,9 +349,6 @@ ffi::Error Forward(const std::string& name, ffi::ThreadPool& pool, ffi::Buffer<f
   }
   const int T = dims[0], B = dims[1], I = dims[2], H = state_dims[2], U = H / Cell::kBlock;
   const size_t state = (size_t)Cell::kStates * B * H;
-  prefer_huge_pages(out, T * (size_t)B * H * sizeof(float));
-  if (states) prefer_huge_pages(states, T * state * sizeof(float));
-  if (z) prefer_huge_pages(z, T * (size_t)B * Cell::kZ * H * sizeof(float));
   auto scratch = std::make_shared<std::vector<float>>(states ? 0 : 2 * state);
   const float *x_p = x.typed_data(), *wpi_p = wpi.typed_data(), *bias_p = bias.typed_data();
   const float *wp_p = wp.typed_data(), *state0_p = state0.typed_data(), *valid_p = valid.typed_data();
@@ -542,8 +524,6 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
   const size_t state = (size_t)Cell::kStates * B * H;
   float *d_state = d_state0->typed_data(), *dz = dz_out->typed_data(), *dx = Cell::kDx ? dx_out->typed_data() : nullptr;
   std::memcpy(d_state, d_state_n.typed_data(), state * sizeof(float));  // the carried gradient lives in d_state0
-  prefer_huge_pages(dz, T * (size_t)B * Cell::kDz * H * sizeof(float));
-  if (dx) prefer_huge_pages(dx, T * (size_t)B * Cell::kDx * H * sizeof(float));
   const float *z_p = z.typed_data(), *states_p = states.typed_data(), *state0_p = state0.typed_data();
   const float *d_out_p = d_out.typed_data(), *valid_p = valid.typed_data(), *wb_p = wb.typed_data();
   auto run = [=](int phase, int u) {
