@@ -227,23 +227,34 @@ struct Rnn {
   }
 };
 
-// Calls f(std::integral_constant<int, MR>{}, r) for row tiles [r, r + MR) covering rows [0, B): MR = MAX,
-// then one smaller tile for the rest.
+// Calls f(std::integral_constant<int, MR>{}, r) for row tiles [r, r + MR), MR <= MAX, covering rows
+// [0, B). for_row_tiles makes them as even as possible (B = 32, MAX = 6: 6 6 5 5 5 5; an LSTM
+// forward at batch 32, hidden 256, 100 steps went from 7.3 to 6.8 ms); for_row_tiles_greedy takes MAX rows while
+// it can (6 6 6 6 6 2), which measured faster for the backward's matmul (9 against 13 ms).
 template <int N, typename F>
-inline void last_tile(int left, int r, F& f) {
+inline void tile_of(int rows, int r, F& f) {
   if constexpr (N > 0) {
-    if (left == N) {
+    if (rows == N) {
       f(std::integral_constant<int, N>{}, r);
     } else {
-      last_tile<N - 1>(left, r, f);
+      tile_of<N - 1>(rows, r, f);
     }
   }
 }
 template <int MAX, typename F>
-inline void for_row_tiles(int B, F f) {
+inline void for_row_tiles_greedy(int B, F f) {
   int r = 0;
   for (; r + MAX <= B; r += MAX) f(std::integral_constant<int, MAX>{}, r);
-  last_tile<MAX - 1>(B - r, r, f);
+  tile_of<MAX - 1>(B - r, r, f);
+}
+template <int MAX, typename F>
+inline void for_row_tiles(int B, F f) {
+  const int tiles = (B + MAX - 1) / MAX;
+  for (int i = 0, r = 0; i < tiles; ++i) {
+    const int rows = B / tiles + (i < B % tiles ? 1 : 0);
+    tile_of<MAX>(rows, r, f);
+    r += rows;
+  }
 }
 
 template <typename Cell, int MR>
@@ -542,9 +553,9 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
     if (phase % 2 == 0) {
       for (int sub = 0; sub < W / 16; ++sub) GradOf<Cell>::type::gates(s, u * (W / 16) + sub);
     } else if (W == 64) {
-      for_row_tiles<6>(B, [&](auto mr, int r) { backward_matmul_rows<Cell, decltype(mr)::value, 4>(s, u, r, wb_p); });
+      for_row_tiles_greedy<6>(B, [&](auto mr, int r) { backward_matmul_rows<Cell, decltype(mr)::value, 4>(s, u, r, wb_p); });
     } else {
-      for_row_tiles<8>(B, [&](auto mr, int r) { backward_matmul_rows<Cell, decltype(mr)::value, 1>(s, u, r, wb_p); });
+      for_row_tiles_greedy<8>(B, [&](auto mr, int r) { backward_matmul_rows<Cell, decltype(mr)::value, 1>(s, u, r, wb_p); });
     }
   };
   RunPhases(pool, threads, std::make_shared<Phases>(2 * T, U, run), nullptr);
