@@ -50,7 +50,7 @@ class Kind:
       gates: rows of ``W_ih`` and ``W_hh`` per hidden unit (torch's layout): 4, 3, 1.
       states: arrays in the state: 2 for LSTM ``(h, c)``, else 1.
       block: hidden units per block of the forward loop; ``H`` is zero-padded to a multiple of it.
-      z_slots: pre-activation columns per unit kept for the backward pass: ``z`` is ``(T, B, z_slots * Hp)``.
+      z_slots: gate values per unit kept for the backward pass: ``z`` is ``(T, B, z_slots * Hp)``.
       separate_dx: whether the gradients of the two projections differ (GRU: ``b_hn`` sits inside
         ``r * (W_hn h + b_hn)``), so the backward pass writes both.
     """
@@ -339,8 +339,8 @@ def forward_train(
 
     Returns ``(outputs, states, z)``: outputs ``(T, B, H)``; ``states`` ``(T, S, B, Hp)``, the state after
     every step (carried through padding; ``S`` = 2 for LSTM's ``h, c``, else 1); ``z``
-    ``(T, B, Z Hp)``, the pre-activations (LSTM: the four gates; GRU: ``r``, ``z``, ``W_hn h + b_hn``,
-    ``W_in x + b_in``; RNN: none, ``Z = 0``). ``Hp`` is ``H`` rounded up to the kind's block
+    ``(T, B, Z Hp)``, the gate values (LSTM: ``i, f, g, o``; GRU: ``r``, ``z``, ``W_hn h + b_hn``, ``n``;
+    RNN: none, ``Z = 0``). ``Hp`` is ``H`` rounded up to the kind's block
     (:meth:`Kind.padded_size`); the extra units are zero.
     """
     return _forward(kind, True, x, weight_ih, weight_hh, bias_ih, bias_hh, state0, valid, reverse, threads)

@@ -23,7 +23,8 @@
 //   valid   (T, B)             1 on real steps, 0 on padding (state carried, output zero)
 // Results, inference (*_forward): out (T, B, H), zero on padding; state_n (S, B, H).
 // Results, training (*_forward_train): out; states (T, S, B, H), the state after each step (carried
-// through padding); z (T, B, Z H), the pre-activations the backward pass needs (Z = 0 for RNN).
+// through padding); z (T, B, Z H), the gate values the backward pass needs (LSTM i, f, g, o; GRU r,
+// z, W_hn h + b_hn, n; Z = 0 for RNN).
 // Backward (*_backward): dz (T, B, G H), the gradient of h_{t-1} @ W_hh^T + b_hh (zero on padding),
 // dx (T, B, X H), that of x_t @ W_ih^T + b_ih where it differs (GRU; X = 0 otherwise), and
 // d_state0 (S, B, H), from z, states, state0, d_out (T, B, H), d_state_n (S, B, H), valid and
@@ -99,7 +100,7 @@ struct Step {
   const float* valid; // (B)
   float* out;         // (B, H)
   float* dst;         // (S, B, H) the state after the step
-  float* z;           // (B, Z H) pre-activations, or nullptr when not kept
+  float* z;           // (B, Z H) gate values, or nullptr when not kept
 };
 
 // acc[m][Slot[g]] (+)= sum_k a[m, k] * w[k, 16 g : 16 g + 16], g < NG, for MR rows of a (row stride
@@ -136,11 +137,15 @@ struct Lstm {
   static void epilogue(const Step& s, int u, int row, __m512 acc[4]) {
     const size_t B = s.B, H = s.H, unit0 = row * H + u * 16;
     __m512 pre[4];
-    for (int q = 0; q < 4; ++q) {
-      pre[q] = _mm512_add_ps(acc[q], load(s.bias + u * 64 + q * 16));
-      if (s.z) store(s.z + row * 4 * H + q * H + u * 16, pre[q]);
-    }
+    for (int q = 0; q < 4; ++q) pre[q] = _mm512_add_ps(acc[q], load(s.bias + u * 64 + q * 16));
     const __m512 i = sigmoid512(pre[0]), f = sigmoid512(pre[1]), g = tanh512(pre[2]), o = sigmoid512(pre[3]);
+    if (s.z) {  // the gates, so the backward pass needs no exp for them
+      float* z = s.z + row * 4 * H + u * 16;
+      store(z, i);
+      store(z + H, f);
+      store(z + 2 * H, g);
+      store(z + 3 * H, o);
+    }
     const __m512 c_old = load(s.prev + B * H + unit0);
     const __m512 c = _mm512_fmadd_ps(f, c_old, _mm512_mul_ps(i, g));
     const __m512 h = _mm512_mul_ps(o, tanh512(c));
@@ -158,7 +163,7 @@ struct Lstm {
 
 // GRU, torch's gate order r, z, n with n = tanh(W_in x + b_in + r * (W_hn h + b_hn)): the slots are
 // r, z (x and h summed), hn = W_hn h + b_hn and xn = W_in x + b_in. W_ih's panels r, z, n go to
-// slots 0, 1, 3; W_hh's r, z, n to 0, 1, 2. z keeps the four slots. The backward pass writes the
+// slots 0, 1, 3; W_hh's r, z, n to 0, 1, 2. z keeps r, z, hn and n. The backward pass writes the
 // gradients of both projections, dz = [d r_pre, d z_pre, d hn] for W_hh h + b_hh and
 // dx = [d r_pre, d z_pre, d xn] for W_ih x + b_ih.
 struct Gru {
@@ -171,12 +176,16 @@ struct Gru {
   static void epilogue(const Step& s, int u, int row, __m512 acc[4]) {
     const size_t H = s.H, unit0 = row * H + u * 16;
     __m512 pre[4];
-    for (int q = 0; q < 4; ++q) {
-      pre[q] = _mm512_add_ps(acc[q], load(s.bias + u * 64 + q * 16));
-      if (s.z) store(s.z + row * 4 * H + q * H + u * 16, pre[q]);
-    }
+    for (int q = 0; q < 4; ++q) pre[q] = _mm512_add_ps(acc[q], load(s.bias + u * 64 + q * 16));
     const __m512 r = sigmoid512(pre[0]), z = sigmoid512(pre[1]);
     const __m512 n = tanh512(_mm512_fmadd_ps(r, pre[2], pre[3]));
+    if (s.z) {
+      float* zs = s.z + row * 4 * H + u * 16;
+      store(zs, r);
+      store(zs + H, z);
+      store(zs + 2 * H, pre[2]);
+      store(zs + 3 * H, n);
+    }
     const __m512 h_old = load(s.prev + unit0);
     if (s.valid[row] > 0.5f) {
       const __m512 h = _mm512_fmadd_ps(z, _mm512_sub_ps(h_old, n), n);  // (1 - z) n + z h
@@ -190,7 +199,7 @@ struct Gru {
 };
 
 // Elman RNN: one gate, blocks of 64 units (slot q is units 16 q .. 16 q + 15 of the block). The
-// backward pass needs no pre-activations: the gradient of tanh or relu follows from h.
+// backward pass needs no gate values: the gradient of tanh or relu follows from h.
 struct Tanh {
   static __m512 f(__m512 x) { return tanh512(x); }
   static __m512 grad(__m512 h) { return tanh_grad(h); }
@@ -344,7 +353,7 @@ struct StateIndex {
 
 // ---- forward ----------------------------------------------------------------------------------
 
-// With `states` (training) every step's state goes there and the pre-activations to z; without
+// With `states` (training) every step's state goes there and the gate values to z; without
 // (inference) the state ping-pongs between two scratch buffers.
 template <typename Cell>
 ffi::Error Forward(const std::string& name, ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& x,
@@ -407,7 +416,7 @@ ffi::Error ForwardTrain(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
 
 struct BackStep {
   int B, H;
-  const float* z;      // (B, Z H) this step's pre-activations
+  const float* z;      // (B, Z H) this step's gate values
   const float* prev;   // (S, B, H) the state before the step
   const float* cur;    // (S, B, H) the state after it
   const float* d_out;  // (B, H) gradient of this step's output
@@ -430,8 +439,8 @@ struct LstmGrad {
         for (int q = 0; q < 4; ++q) store(s.dz + gate0 + q * H, _mm512_setzero_ps());
         continue;
       }
-      const __m512 i = sigmoid512(load(s.z + gate0)), f = sigmoid512(load(s.z + gate0 + H));
-      const __m512 g = tanh512(load(s.z + gate0 + 2 * H)), o = sigmoid512(load(s.z + gate0 + 3 * H));
+      const __m512 i = load(s.z + gate0), f = load(s.z + gate0 + H), g = load(s.z + gate0 + 2 * H);
+      const __m512 o = load(s.z + gate0 + 3 * H);
       const __m512 tc = tanh512(load(s.cur + B * H + unit0));
       const __m512 dh_t = _mm512_add_ps(load(dh + unit0), load(s.d_out + unit0));
       // dc_t = dc + dh_t * o * (1 - tanh(c)^2)
@@ -455,9 +464,8 @@ struct GruGrad {
         for (int q = 0; q < 3; ++q) store(s.dx + grad0 + q * H, _mm512_setzero_ps());
         continue;
       }
-      const __m512 r = sigmoid512(load(s.z + gate0)), z = sigmoid512(load(s.z + gate0 + H));
-      const __m512 hn = load(s.z + gate0 + 2 * H);
-      const __m512 n = tanh512(_mm512_fmadd_ps(r, hn, load(s.z + gate0 + 3 * H)));
+      const __m512 r = load(s.z + gate0), z = load(s.z + gate0 + H), hn = load(s.z + gate0 + 2 * H);
+      const __m512 n = load(s.z + gate0 + 3 * H);
       const __m512 dh_t = _mm512_add_ps(load(dh + unit0), load(s.d_out + unit0));
       // h = (1 - z) n + z h_prev
       const __m512 dn_pre = _mm512_mul_ps(_mm512_fnmadd_ps(dh_t, z, dh_t), tanh_grad(n));
