@@ -60,6 +60,23 @@ def test_kernel_equals_xla_loop(cell, bidirectional, hidden, bias):
 
 
 @needs_kernel
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernel_equals_xla_loop_batch_17_over_19_steps(cell):
+    """Batch 17: one full 16-row block and a remainder row in the backward's transposed copy; 19 steps:
+    two full groups of 8 staged steps and a partial one; hidden 64: 64-unit backward blocks."""
+    module, kwargs = CELLS[cell]
+    x = jax.random.normal(jax.random.key(2), (19, 17, 6))
+    lengths = jnp.arange(17) + 3
+    kernel, xla = module(6, 64, cpu_kernel="always", **kwargs), module(6, 64, cpu_kernel="never", **kwargs)
+    params = kernel.init(jax.random.key(3), x)
+    (k_results, k_grads), (x_results, x_grads) = _run(kernel, params, x, lengths), _run(xla, params, x, lengths)
+    for a, b in zip(k_results, x_results):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(k_grads), jax.tree.leaves(x_grads)):
+        np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.abs(b).max()) + 1e-7)
+
+
+@needs_kernel
 def test_auto_uses_the_kernel_where_it_applies():
     x = jnp.ones((4, 2, 3))
 

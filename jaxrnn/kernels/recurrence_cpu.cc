@@ -25,8 +25,9 @@
 // Results, training (*_forward_train): out; states (T, S, B, H), the state after each step (carried
 // through padding); z (T, B, Z H), the gate values the backward pass needs (LSTM i, f, g, o; GRU r,
 // z, W_hn h + b_hn, n; Z = 0 for RNN).
-// Backward (*_backward): dz (T, B, G H), the gradient of h_{t-1} @ W_hh^T + b_hh (zero on padding),
-// dx (T, B, X H), that of x_t @ W_ih^T + b_ih where it differs (GRU; X = 0 otherwise), and
+// Backward (*_backward): dz (G H, T B), the gradient of h_{t-1} @ W_hh^T + b_hh transposed (column
+// t B + b; zero on padding), so the weight gradients are plain matmuls dz @ h and dz @ x; dx (X H, T B),
+// the gradient of W_in x_t + b_in for GRU, whose other rows equal dz's (X = 0 otherwise); and
 // d_state0 (S, B, H), from z, states, state0, d_out (T, B, H), d_state_n (S, B, H), valid and
 // W_hh packed as wb (H/16, G H, 16): wb[u, k, j] = W_hh[k, 16 u + j] (G = 4 LSTM, 3 GRU, 1 RNN).
 #include <immintrin.h>
@@ -164,11 +165,11 @@ struct Lstm {
 // GRU, torch's gate order r, z, n with n = tanh(W_in x + b_in + r * (W_hn h + b_hn)): the slots are
 // r, z (x and h summed), hn = W_hn h + b_hn and xn = W_in x + b_in. W_ih's panels r, z, n go to
 // slots 0, 1, 3; W_hh's r, z, n to 0, 1, 2. z keeps r, z, hn and n. The backward pass writes the
-// gradients of both projections, dz = [d r_pre, d z_pre, d hn] for W_hh h + b_hh and
-// dx = [d r_pre, d z_pre, d xn] for W_ih x + b_ih.
+// gradients of both projections: dz = [d r_pre, d z_pre, d hn] for W_hh h + b_hh and dx = d xn
+// (with dz's first two) for W_ih x + b_ih.
 struct Gru {
   static constexpr const char* kName = "gru";
-  static constexpr int kStates = 1, kBlock = 16, kIn = 3, kHid = 3, kZ = 4, kDz = 3, kDx = 3;
+  static constexpr int kStates = 1, kBlock = 16, kIn = 3, kHid = 3, kZ = 4, kDz = 3, kDx = 1;
   static constexpr const int* kInSlot = kSlots013;
   static constexpr const int* kHidSlot = kSlots0123;
   static constexpr bool kDirectDh = true;  // dh_{t-1} = dh_t * z + dz_t[:, :3H] @ W_hh
@@ -423,8 +424,39 @@ struct BackStep {
   const float* valid;  // (B)
   float* d_state;      // (S, B, H) carried: the gradient of the state after the step, then before it
   float* dz;           // (B, D H) gradient of the pre-activations of h_{t-1} @ W_hh^T + b_hh
-  float* dx;           // (B, X H) GRU: of x_t @ W_ih^T + b_ih, when it differs from dz
+  float* dx;           // (B, X H) GRU: of W_in x_t + b_in (the r and z rows of W_ih x_t + b_ih equal dz's)
 };
+
+// r[i][j] <- r[j][i]: a 16x16 transpose in registers (unpack, then shuffles within and across lanes).
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int h = 0; h < 2; ++h) {
+    for (int i = 0; i < 4; ++i) {
+      t[8 * h + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + 4 + i], 0x88);
+      t[8 * h + 4 + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + 4 + i], 0xdd);
+    }
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+    r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
+  }
+}
+// p[j * ld] = v[j], j < 16: one column of 16 rows of a transposed gradient.
+inline void store_column(float* p, size_t ld, __m512 v) {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, v);
+  for (int j = 0; j < 16; ++j) p[j * ld] = lanes[j];
+}
 
 // Gate gradients of one step for the 16 units of block u, every row: from the carried state gradient
 // and this step's output gradient, writes dz and what of the state gradient does not go through
@@ -461,7 +493,7 @@ struct GruGrad {
       const size_t gate0 = row * 4 * H + u * 16, grad0 = row * 3 * H + u * 16, unit0 = row * H + u * 16;
       if (s.valid[row] <= 0.5f) {
         for (int q = 0; q < 3; ++q) store(s.dz + grad0 + q * H, _mm512_setzero_ps());
-        for (int q = 0; q < 3; ++q) store(s.dx + grad0 + q * H, _mm512_setzero_ps());
+        store(s.dx + unit0, _mm512_setzero_ps());
         continue;
       }
       const __m512 r = load(s.z + gate0), z = load(s.z + gate0 + H), hn = load(s.z + gate0 + 2 * H);
@@ -474,9 +506,7 @@ struct GruGrad {
       store(s.dz + grad0, dr_pre);
       store(s.dz + grad0 + H, dz_pre);
       store(s.dz + grad0 + 2 * H, _mm512_mul_ps(dn_pre, r));
-      store(s.dx + grad0, dr_pre);
-      store(s.dx + grad0 + H, dz_pre);
-      store(s.dx + grad0 + 2 * H, dn_pre);
+      store(s.dx + unit0, dn_pre);
       store(dh + unit0, _mm512_mul_ps(dh_t, z));  // the direct part; the matmul phase adds dz @ W_hh
     }
   }
@@ -522,7 +552,8 @@ void backward_matmul_rows(const BackStep& s, int u, int r, const float* wb) {
 
 // Backward through the whole sequence, in the opposite order to the forward. Each step is two
 // phases over blocks of W units (W = 64 when H allows, else 16; wb is packed by the same blocks):
-// the gate gradients, then dh_{t-1} = (direct part) + dz_t @ W_hh.
+// the gate gradients, then dh_{t-1} = (direct part) + dz_t @ W_hh; after every C steps a third
+// phase writes those steps' gradients out transposed.
 template <typename Cell>
 ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> states,
                     ffi::Buffer<ffi::F32> state0, ffi::Buffer<ffi::F32> d_out, ffi::Buffer<ffi::F32> d_state_n,
@@ -540,25 +571,65 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
         "_backward: expected d_out (T, B, H), state0 (S, B, H) and wb (H/W, K, W), W 16 or 64 dividing H");
   }
   const int T = dims[0], B = dims[1], H = dims[2], U = H / W;
-  const size_t state = (size_t)Cell::kStates * B * H;
+  const size_t state = (size_t)Cell::kStates * B * H, TB = (size_t)T * B;
+  const size_t dz_cols = (size_t)Cell::kDz * H, dx_cols = (size_t)Cell::kDx * H;
   float *d_state = d_state0->typed_data(), *dz = dz_out->typed_data(), *dx = Cell::kDx ? dx_out->typed_data() : nullptr;
   std::memcpy(d_state, d_state_n.typed_data(), state * sizeof(float));  // the carried gradient lives in d_state0
   const float *z_p = z.typed_data(), *states_p = states.typed_data(), *state0_p = state0.typed_data();
   const float *d_out_p = d_out.typed_data(), *valid_p = valid.typed_data(), *wb_p = wb.typed_data();
-  auto run = [=](int phase, int u) {
-    const int back_step = phase / 2;  // 0 is the forward's last step
+  // The steps' gradients go row-major into a ring of C steps (what the gates and dz @ W_hh phases
+  // read fast), and after every C steps a third phase copies them out transposed.
+  constexpr int C = 8;
+  const size_t stage_step = (size_t)B * (dz_cols + dx_cols);
+  auto stage = std::make_shared<std::vector<float>>(C * stage_step);
+  float* stage_p = stage->data();
+  auto step_args = [=](int back_step) {  // back_step 0 is the forward's last step
     StateIndex at(T - 1 - back_step, T, reverse);
-    const BackStep s{B,
-                     H,
-                     Cell::kZ ? z_p + (size_t)at.t * B * Cell::kZ * H : nullptr,
-                     back_step == T - 1 ? state0_p : states_p + at.before * state,
-                     states_p + at.t * state,
-                     d_out_p + (size_t)at.t * B * H,
-                     valid_p + (size_t)at.t * B,
-                     d_state,
-                     dz + (size_t)at.t * B * Cell::kDz * H,
-                     dx ? dx + (size_t)at.t * B * Cell::kDx * H : nullptr};
-    if (phase % 2 == 0) {
+    float* staged = stage_p + (back_step % C) * stage_step;
+    return std::make_pair(at.t, BackStep{B,
+                                         H,
+                                         Cell::kZ ? z_p + (size_t)at.t * B * Cell::kZ * H : nullptr,
+                                         back_step == T - 1 ? state0_p : states_p + at.before * state,
+                                         states_p + at.t * state,
+                                         d_out_p + (size_t)at.t * B * H,
+                                         valid_p + (size_t)at.t * B,
+                                         d_state,
+                                         staged,
+                                         staged + (size_t)B * dz_cols});
+  };
+  // dz[(q H + j) TB + t B + b] = staged dz[b, q H + j] for block u's units j and the group's steps.
+  auto transpose = [=](int first, int last, int u) {
+    for (int part = 0; part < 2; ++part) {
+      const int slots = part == 0 ? Cell::kDz : Cell::kDx;
+      const size_t cols = part == 0 ? dz_cols : dx_cols;
+      float* out = part == 0 ? dz : dx;
+      for (int q = 0; q < slots; ++q) {
+        for (int j0 = u * W; j0 < (u + 1) * W; j0 += 16) {
+          for (int back_step = first; back_step < last; ++back_step) {
+            const auto [t, s] = step_args(back_step);
+            const float* src = (part == 0 ? s.dz : s.dx) + q * H + j0;
+            float* dst = out + (size_t)(q * H + j0) * TB + (size_t)t * B;
+            int b = 0;
+            for (; b + 16 <= B; b += 16) {  // 16 rows at a time: 16 full-width stores
+              __m512 r[16];
+              for (int i = 0; i < 16; ++i) r[i] = load(src + (b + i) * cols);
+              transpose16(r);
+              for (int j = 0; j < 16; ++j) store(dst + j * TB + b, r[j]);
+            }
+            for (; b < B; ++b) store_column(dst + b, TB, load(src + b * cols));
+          }
+        }
+      }
+    }
+  };
+  const int per_group = 2 * C + 1, groups = (T + C - 1) / C;
+  auto run = [=](int phase, int u) {
+    const int group = phase / per_group, within = phase % per_group;
+    const int first = group * C, last = std::min(T, first + C);
+    if (within == 2 * (last - first)) return transpose(first, last, u);
+    const auto [t, s] = step_args(first + within / 2);
+    (void)t;
+    if (within % 2 == 0) {
       for (int sub = 0; sub < W / 16; ++sub) GradOf<Cell>::type::gates(s, u * (W / 16) + sub);
     } else if (W == 64) {
       for_row_tiles_greedy<6>(B, [&](auto mr, int r) { backward_matmul_rows<Cell, decltype(mr)::value, 4>(s, u, r, wb_p); });
@@ -566,7 +637,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
       for_row_tiles_greedy<8>(B, [&](auto mr, int r) { backward_matmul_rows<Cell, decltype(mr)::value, 1>(s, u, r, wb_p); });
     }
   };
-  RunPhases(pool, threads, std::make_shared<Phases>(2 * T, U, run), nullptr);
+  RunPhases(pool, threads, std::make_shared<Phases>(2 * T + groups, U, run), stage);
   return ffi::Error::Success();
 }
 
