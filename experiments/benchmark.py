@@ -235,7 +235,8 @@ def main(argv=None) -> int:
     if args.from_json:
         with open(args.from_json) as f:
             saved = json.load(f)
-        print(f"machine: {saved['machine']}\n")
+        print(f"machine: {saved['machine']}")
+        print(f"{saved['dtype']} matmul peak (2048^3 GEMM in jax): {saved['peak_gflops']:.0f} GFLOP/s\n")
         print_rows(saved["rows"])
         print("\n## Fastest of each family\n")
         print_condensed(saved["rows"])
