@@ -37,6 +37,22 @@ def _run(module, params, x, lengths):
     return results, grads
 
 
+def _kernel_and_xla_loop(cell, x, lengths, hidden, **options):
+    """Runs ``cell`` through the CPU kernel and through XLA's loop with the same parameters, asserts the
+    outputs, final states and gradients (w.r.t. every parameter and the input) agree; returns the kernel's
+    ``(output, *state)``."""
+    module, kwargs = CELLS[cell]
+    kernel = module(x.shape[-1], hidden, cpu_kernel="always", **options, **kwargs)
+    xla = module(x.shape[-1], hidden, cpu_kernel="never", **options, **kwargs)
+    params = kernel.init(jax.random.key(1), x)
+    (k_results, k_grads), (x_results, x_grads) = _run(kernel, params, x, lengths), _run(xla, params, x, lengths)
+    for a, b in zip(k_results, x_results):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(k_grads), jax.tree.leaves(x_grads)):
+        np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.abs(b).max()) + 1e-7)
+    return k_results
+
+
 @needs_kernel
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize(
@@ -44,19 +60,10 @@ def _run(module, params, x, lengths):
     [(False, 32, True), (True, 21, True), (True, 64, False), (False, 128, True)],  # 64, 128: wide backward blocks
 )
 def test_kernel_equals_xla_loop(cell, bidirectional, hidden, bias):
-    module, kwargs = CELLS[cell]
     x = jax.random.normal(jax.random.key(0), (9, 7, 10))
     lengths = jnp.array([9, 3, 0, 5, 1, 9, 8])  # a length 0 keeps h_0 and gives zero outputs
-    options = {"num_layers": 2, "bidirectional": bidirectional, "bias": bias, **kwargs}
-    kernel = module(10, hidden, cpu_kernel="always", **options)
-    xla = module(10, hidden, cpu_kernel="never", **options)
-    params = kernel.init(jax.random.key(1), x)
-    (k_results, k_grads), (x_results, x_grads) = _run(kernel, params, x, lengths), _run(xla, params, x, lengths)
-    for a, b in zip(k_results, x_results):
-        np.testing.assert_allclose(a, b, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(k_grads), jax.tree.leaves(x_grads)):
-        np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.abs(b).max()) + 1e-7)
-    assert float(jnp.abs(k_results[0][:, 2]).max()) == 0.0
+    results = _kernel_and_xla_loop(cell, x, lengths, hidden, num_layers=2, bidirectional=bidirectional, bias=bias)
+    assert float(jnp.abs(results[0][:, 2]).max()) == 0.0
 
 
 @needs_kernel
@@ -64,16 +71,8 @@ def test_kernel_equals_xla_loop(cell, bidirectional, hidden, bias):
 def test_kernel_equals_xla_loop_batch_17_over_19_steps(cell):
     """Batch 17: one full 16-row block and a remainder row in the backward's transposed copy; 19 steps:
     two full groups of 8 staged steps and a partial one; hidden 64: 64-unit backward blocks."""
-    module, kwargs = CELLS[cell]
     x = jax.random.normal(jax.random.key(2), (19, 17, 6))
-    lengths = jnp.arange(17) + 3
-    kernel, xla = module(6, 64, cpu_kernel="always", **kwargs), module(6, 64, cpu_kernel="never", **kwargs)
-    params = kernel.init(jax.random.key(3), x)
-    (k_results, k_grads), (x_results, x_grads) = _run(kernel, params, x, lengths), _run(xla, params, x, lengths)
-    for a, b in zip(k_results, x_results):
-        np.testing.assert_allclose(a, b, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(k_grads), jax.tree.leaves(x_grads)):
-        np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.abs(b).max()) + 1e-7)
+    _kernel_and_xla_loop(cell, x, jnp.arange(17) + 3, 64)
 
 
 @needs_kernel
