@@ -168,17 +168,14 @@ def _kind(name: str) -> Kind:
 # The real units see exactly the unpadded computation.
 
 
-def _pad_units(a: Array, hidden: int, padded: int, gates: int = 1) -> Array:
-    """``(..., gates * H)`` -> ``(..., gates * Hp)``, each gate's units zero-padded."""
-    if padded == hidden:
-        return a
-    split = a.reshape(a.shape[:-1] + (gates, hidden))
-    return jnp.pad(split, [(0, 0)] * (split.ndim - 1) + [(0, padded - hidden)]).reshape(a.shape[:-1] + (-1,))
+def _pad_units(a: Array, hidden: int, padded: int) -> Array:
+    """``(..., H)`` -> ``(..., Hp)``, zero-padded."""
+    return a if padded == hidden else jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, padded - hidden)])
 
 
-def _unpad_units(a: Array, hidden: int, padded: int, gates: int = 1) -> Array:
-    """``(..., gates * Hp)`` -> ``(..., gates, H)``."""
-    return a.reshape(a.shape[:-1] + (gates, padded))[..., :hidden]
+def _stack_state(state: tuple[Array, ...], hidden: int, padded: int) -> Array:
+    """A state tuple of ``(B, H)`` arrays -> ``(S, B, Hp)``, the kernel's layout."""
+    return jnp.stack([_pad_units(s, hidden, padded) for s in state])
 
 
 def _pad_weight(weight: Array, gates: int, hidden: int, padded: int, pad_columns: bool) -> Array:
@@ -281,15 +278,15 @@ def _forward(kind_name, train, x, weight_ih, weight_hh, bias_ih, bias_hh, state0
         pack_panels(_pad_weight(weight_ih, kind.gates, hidden, hp, pad_columns=False), kind.gates, kind.block),
         _pack_bias(kind, bias_ih, bias_hh, hidden, hp),
         pack_panels(_pad_weight(weight_hh, kind.gates, hidden, hp, pad_columns=True), kind.gates, kind.block),
-        jnp.stack([_pad_units(s, hidden, hp) for s in state0]),
+        _stack_state(state0, hidden, hp),
         valid,
         reverse=bool(reverse),
         threads=_threads(threads),
     )
-    outputs = _unpad_units(out[0], hidden, hp)[..., 0, :]
+    outputs = out[0][..., :hidden]
     if train:  # states and z stay padded: they go back into backward() as they are
         return outputs, out[1], out[2]
-    return outputs, tuple(_unpad_units(s, hidden, hp)[..., 0, :] for s in out[1])
+    return outputs, tuple(s[..., :hidden] for s in out[1])
 
 
 def forward(
@@ -388,9 +385,9 @@ def backward(
     dz_t, dxn_t, d_state0 = call(
         z,
         states,
-        jnp.stack([_pad_units(s, hidden, hp) for s in state0]),
+        _stack_state(state0, hidden, hp),
         _pad_units(d_outputs, hidden, hp),
-        jnp.stack([_pad_units(s, hidden, hp) for s in d_state_n]),
+        _stack_state(d_state_n, hidden, hp),
         valid,
         pack_backward(_pad_weight(weight_hh, kind_.gates, hidden, hp, pad_columns=True)),
         reverse=bool(reverse),
@@ -399,8 +396,7 @@ def backward(
     if hp != hidden:
         dz_t = dz_t.reshape(kind_.gates, hp, columns)[:, :hidden].reshape(-1, columns)
         dxn_t = dxn_t[:hidden]
-    d_state0 = tuple(_unpad_units(s, hidden, hp)[..., 0, :] for s in d_state0)
-    return dz_t, (dxn_t if kind_.separate_dx else None), d_state0
+    return dz_t, (dxn_t if kind_.separate_dx else None), tuple(s[..., :hidden] for s in d_state0)
 
 
 def projection_gradients(
