@@ -172,7 +172,7 @@ struct Gru {
   static constexpr int kStates = 1, kBlock = 16, kIn = 3, kHid = 3, kZ = 4, kDz = 3, kDx = 1;
   static constexpr const int* kInSlot = kSlots013;
   static constexpr const int* kHidSlot = kSlots0123;
-  static constexpr bool kDirectDh = true;  // dh_{t-1} = dh_t * z + dz_t[:, :3H] @ W_hh
+  static constexpr bool kDirectDh = true;  // dh_{t-1} = dh_t * z + dz_t @ W_hh
 
   static void epilogue(const Step& s, int u, int row, __m512 acc[4]) {
     const size_t H = s.H, unit0 = row * H + u * 16;
