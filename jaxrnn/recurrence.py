@@ -11,6 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero, custom_vjp_primal_tree_values
 
 from jaxrnn.cells import State, Weights, _Cell, project_input
 from jaxrnn.kernels import cpu
@@ -165,8 +166,8 @@ def kernel_kind(cell: _Cell) -> str:
 def _kernel_scan(kind: str, reverse: bool):
     """``scan(weights, x, state, mask) -> (state, outputs)``, forward and backward loops in the CPU kernel.
 
-    The kernel does the input projection inside each step; in the backward pass
-    the weight and input gradients are large XLA matmuls after the kernel call.
+    The kernel does the input projection inside each step, and its backward pass
+    also computes the weight, bias and (only where JAX wants it) input gradients.
     """
 
     def valid_of(x: Array, mask: Array | None) -> Array:
@@ -181,28 +182,47 @@ def _kernel_scan(kind: str, reverse: bool):
         outputs, final = cpu.forward(kind, x, *arrays(weights), state0, valid_of(x, mask), reverse=reverse)
         return final, outputs
 
-    def forward(weights: Weights, x: Array, state0: State, mask: Array | None):
+    def forward(weights, x, state0, mask):  # symbolic_zeros: each array comes as CustomVJPPrimal
+        x_perturbed = x.perturbed
+        weights, x, state0, mask = custom_vjp_primal_tree_values((weights, x, state0, mask))
         valid = valid_of(x, mask)
         outputs, states, z = cpu.forward_train(kind, x, *arrays(weights), state0, valid, reverse=reverse)
         last, units = (0 if reverse else -1), state0[0].shape[-1]  # states may carry zero padding units
         final = tuple(states[last, s, :, :units] for s in range(len(state0)))
-        return (final, outputs), (weights, x, valid, z, states, state0)
+        # whether x's gradient is wanted rides in the residuals' structure: an empty tuple or None
+        return (final, outputs), (weights, x, valid, z, states, state0, () if x_perturbed else None)
 
     def backward(residuals: tuple, cotangents: tuple) -> tuple:
-        weights, x, valid, z, states, state0 = residuals
+        weights, x, valid, z, states, state0, input_grad = residuals
         d_final, d_outputs = cotangents
-        w_hh = weights["weight_hh"]
-        dz_t, dxn_t, d_state0 = cpu.backward(kind, z, states, state0, d_outputs, d_final, valid, w_hh, reverse=reverse)
-        # The h each step started from, in time order (states may carry zero padding units: cut them).
-        h0 = state0[0]
-        hs = states[:, 0, :, : h0.shape[-1]]
-        previous_h = jnp.concatenate([hs[1:], h0[None]]) if reverse else jnp.concatenate([h0[None], hs[:-1]])
-        has_bias = weights["bias_ih"] is not None
-        grads, dx = cpu.projection_gradients(dz_t, dxn_t, x, previous_h, weights["weight_ih"], has_bias)
+        d_final = tuple(_dense(d, s.shape) for d, s in zip(d_final, state0))
+        d_outputs = _dense(d_outputs, (*x.shape[:2], state0[0].shape[-1]))
+        grads, dx, d_state0 = cpu.backward(
+            kind,
+            z,
+            states,
+            state0,
+            d_outputs,
+            d_final,
+            valid,
+            x,
+            weights["weight_ih"],
+            weights["weight_hh"],
+            bias=weights["bias_ih"] is not None,
+            input_grad=input_grad is not None,
+            reverse=reverse,
+        )
         return {**grads, "weight_hr": None}, dx, d_state0, None
 
-    scan.defvjp(forward, backward)
+    scan.defvjp(forward, backward, symbolic_zeros=True)
     return scan
+
+
+def _dense(cotangent: Any, shape: tuple[int, ...]) -> Array:
+    """A float32 cotangent as an array: zeros of ``shape`` where JAX passed a symbolic zero."""
+    if isinstance(cotangent, SymbolicZero):
+        return jnp.zeros(shape, jnp.float32)
+    return cotangent
 
 
 def _fused_scan(cell: _Cell, reverse: bool, unroll: int, hoisted: bool):

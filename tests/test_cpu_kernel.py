@@ -69,10 +69,35 @@ def test_kernel_equals_xla_loop(cell, bidirectional, hidden, bias):
 @needs_kernel
 @pytest.mark.parametrize("cell", CELLS)
 def test_kernel_equals_xla_loop_batch_17_over_19_steps(cell):
-    """Batch 17: one full 16-row block and a remainder row in the backward's transposed copy; 19 steps:
-    two full groups of 8 staged steps and a partial one; hidden 64: 64-unit backward blocks."""
-    x = jax.random.normal(jax.random.key(2), (19, 17, 6))
+    """Batch 17: row tiles 6, 6, 5; 19 steps: two full groups of 8 staged steps and a partial one;
+    hidden 64: 64-unit backward blocks; 70 inputs: two panels of the input gradient (64 + 16 padded
+    columns) and a 4-column tile of the weight gradient's x rows."""
+    x = jax.random.normal(jax.random.key(2), (19, 17, 70))
     _kernel_and_xla_loop(cell, x, jnp.arange(17) + 3, 64)
+
+
+@needs_kernel
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("loss_on", ["output", "state", "input_only"])
+def test_kernel_gradient_of_part_of_the_results(cell, loss_on):
+    """Gradients where JAX passes the kernel's backward symbolic zeros: a loss of the outputs alone or of
+    the final state alone, and the gradient of the input alone (the weights' gradient not wanted)."""
+    module, kwargs = CELLS[cell]
+    x = jax.random.normal(jax.random.key(3), (11, 5, 9))
+    lengths = jnp.array([11, 4, 7, 1, 11])
+    layers = [module(9, 24, num_layers=2, cpu_kernel=kernel, **kwargs) for kernel in ("always", "never")]
+    params = layers[0].init(jax.random.key(4), x)
+
+    def loss(layer, params, x):
+        out, state = layer.apply(params, x, seq_lengths=lengths)
+        if loss_on == "state":
+            return sum((s**2).sum() for s in (state if isinstance(state, tuple) else (state,)))
+        return (out**2).sum()
+
+    argnums = 1 if loss_on == "input_only" else 0
+    kernel, xla = (jax.jit(jax.grad(lambda p, x, m=m: loss(m, p, x), argnums=argnums))(params, x) for m in layers)
+    for a, b in zip(jax.tree.leaves(kernel), jax.tree.leaves(xla)):
+        np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.abs(b).max()) + 1e-7)
 
 
 @needs_kernel

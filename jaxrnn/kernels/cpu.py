@@ -5,7 +5,8 @@ GEMM speed and spreads it badly over cores (see the README's performance
 section). ``recurrence_cpu.cc`` does the whole loop of one direction in one
 call: per step one pass over the packed ``W_ih`` and ``W_hh`` with the gates
 fused into the matmul's epilogue (AVX-512); the backward loop likewise (gate
-gradients, then ``dz @ W_hh``). The calling thread and helper tasks on XLA's
+gradients, then ``dz @ W_hh``, and every 8 steps the weight gradients of those
+steps). The calling thread and helper tasks on XLA's
 own intra-op thread pool share each step's blocks of hidden units. One C++
 template serves all cells; :data:`KINDS` lists them (``"lstm"``, ``"gru"``,
 ``"rnn_tanh"``, ``"rnn_relu"``).
@@ -263,15 +264,16 @@ def _forward(kind_name, train, x, weight_ih, weight_hh, bias_ih, bias_hh, state0
         raise ValueError(f"{kind.target(what)}: expected a state of {kind.states} arrays, got {len(state0)}")
     hp = kind.padded_size(hidden)
     steps, batch, _ = x.shape
-    outputs = jax.ShapeDtypeStruct((steps, batch, hp), jnp.float32)
-    if train:
+    if train:  # the outputs are the states' h, zeroed on padding: no separate array
         results = (
-            outputs,
             jax.ShapeDtypeStruct((steps, kind.states, batch, hp), jnp.float32),
             jax.ShapeDtypeStruct((steps, batch, kind.z_slots * hp), jnp.float32),
         )
     else:
-        results = (outputs, jax.ShapeDtypeStruct((kind.states, batch, hp), jnp.float32))
+        results = (
+            jax.ShapeDtypeStruct((steps, batch, hp), jnp.float32),
+            jax.ShapeDtypeStruct((kind.states, batch, hp), jnp.float32),
+        )
     call = jax.ffi.ffi_call(kind.target(what), results, vmap_method="sequential")
     out = call(
         x,
@@ -283,10 +285,10 @@ def _forward(kind_name, train, x, weight_ih, weight_hh, bias_ih, bias_hh, state0
         reverse=bool(reverse),
         threads=_threads(threads),
     )
-    outputs = out[0][..., :hidden]
     if train:  # states and z stay padded: they go back into backward() as they are
-        return outputs, out[1], out[2]
-    return outputs, tuple(s[..., :hidden] for s in out[1])
+        states, z = out
+        return states[:, 0, :, :hidden] * valid[..., None], states, z
+    return out[0][..., :hidden], tuple(s[..., :hidden] for s in out[1])
 
 
 def forward(
@@ -334,13 +336,33 @@ def forward_train(
 ) -> tuple[Array, Array, Array]:
     """:func:`forward` that also keeps what :func:`backward` needs.
 
-    Returns ``(outputs, states, z)``: outputs ``(T, B, H)``; ``states`` ``(T, S, B, Hp)``, the state after
+    Returns ``(outputs, states, z)``: outputs ``(T, B, H)``, the states' ``h`` zeroed on padding (not
+    written by the kernel: XLA fuses the product into what reads it); ``states`` ``(T, S, B, Hp)``, the state after
     every step (carried through padding; ``S`` = 2 for LSTM's ``h, c``, else 1); ``z``
     ``(T, B, Z Hp)``, the gate values (LSTM: ``i, f, g, o``; GRU: ``r``, ``z``, ``W_hn h + b_hn``, ``n``;
     RNN: none, ``Z = 0``). ``Hp`` is ``H`` rounded up to the kind's block
     (:meth:`Kind.padded_size`); the extra units are zero.
     """
     return _forward(kind, True, x, weight_ih, weight_hh, bias_ih, bias_hh, state0, valid, reverse, threads)
+
+
+def pack_input_backward(weight_ih: Array) -> Array:
+    """``W_ih`` ``(G Hp, I)`` -> flat panels for the input gradient ``dx_t = dz_t @ W_ih``.
+
+    ``I`` is zero-padded to ``Ip``, a multiple of 16, and cut into panels of 64 columns (the last
+    may be narrower), each ``(G Hp, width)`` row-major, one after the other: ``G Hp Ip`` floats.
+    """
+    inputs = weight_ih.shape[1]
+    padded = -(-inputs // 16) * 16
+    weight = jnp.pad(weight_ih, [(0, 0), (0, padded - inputs)])
+    return jnp.concatenate([weight[:, c : c + 64].reshape(-1) for c in range(0, padded, 64)])
+
+
+def _unpad_gates(a: Array, gates: int, hidden: int, padded: int) -> Array:
+    """``(G Hp, ...)`` -> ``(G H, ...)``: drops the padding units of each gate."""
+    if padded == hidden:
+        return a
+    return a.reshape(gates, padded, *a.shape[1:])[:, :hidden].reshape(gates * hidden, *a.shape[1:])
 
 
 def backward(
@@ -351,83 +373,69 @@ def backward(
     d_outputs: Array,
     d_state_n: tuple[Array, ...],
     valid: Array,
+    x: Array,
+    weight_ih: Array,
     weight_hh: Array,
     *,
+    bias: bool,
+    input_grad: bool,
     reverse: bool,
     threads: int | None = None,
-) -> tuple[Array, Array | None, tuple[Array, ...]]:
-    """The backward pass of :func:`forward_train` through the recurrence.
+) -> tuple[dict[str, Array | None], Array | None, tuple[Array, ...]]:
+    """The backward pass of :func:`forward_train`: the recurrence's gradient and all parameter gradients.
+
+    The gate gradients of each step go through ``W_hh`` to the step before; every 8 steps the kernel
+    adds them into the weight and bias gradients (and computes those steps' input gradients), so no
+    ``(T, B, G H)`` gradient is written.
 
     Args:
       kind: as for :func:`forward`.
       z, states: from :func:`forward_train` (padded).
       state0: the initial state, as for the forward.
       d_outputs: ``(T, B, H)``, the gradient of the outputs; d_state_n: of the final state, like ``state0``.
-      valid, weight_hh, reverse, threads: as for the forward.
-    Returns ``(dz_t, dxn_t, d_state0)``. ``dz_t`` ``(G H, T B)`` is the gradient of
-    ``h_{t-1} @ W_hh^T + b_hh``, transposed: column ``t B + b`` for step ``t`` and row ``b``, in torch's
-    gate order, zero on padding. For LSTM and RNN it is also that of ``x_t @ W_ih^T + b_ih``; for GRU
-    that one differs in the ``n`` gate only (``b_hn`` sits inside ``r * (...)``), given by ``dxn_t``
-    ``(H, T B)``; None otherwise. :func:`projection_gradients` turns them into the weight, bias and
-    input gradients. The last item is the gradient of the initial state, like ``state0``.
+      valid: ``(T, B)``, as for the forward.
+      x: ``(T, B, I)``, the forward's inputs; weight_ih ``(G H, I)``, weight_hh ``(G H, H)``.
+      bias: whether the layer has biases (else their gradients are None).
+      input_grad: whether to compute the gradient of ``x`` (else None).
+      reverse, threads: as for the forward.
+    Returns ``(grads, dx, d_state0)``: ``grads`` holds ``weight_ih``, ``weight_hh``, ``bias_ih`` and
+    ``bias_hh`` in torch's layouts; ``dx`` is ``(T, B, I)`` (zero on padding) or None; ``d_state0`` is
+    the gradient of the initial state, like ``state0``.
     """
     kind_ = _kind(kind)
-    hidden = _check(kind_, "backward", weight_hh)
+    hidden = _check(kind_, "backward", weight_hh, x, weight_ih)
     hp = kind_.padded_size(hidden)
-    steps, batch = d_outputs.shape[:2]
-    columns = steps * batch
+    steps, batch, inputs = x.shape
+    rows = kind_.gates * hp
+    padded_inputs = -(-inputs // 16) * 16 if input_grad else 0
     results = (
-        jax.ShapeDtypeStruct((kind_.gates * hp, columns), jnp.float32),
-        jax.ShapeDtypeStruct((hp if kind_.separate_dx else 0, columns), jnp.float32),
+        jax.ShapeDtypeStruct((inputs, rows), jnp.float32),
+        jax.ShapeDtypeStruct((hp, rows), jnp.float32),
+        jax.ShapeDtypeStruct((2, rows), jnp.float32),
+        jax.ShapeDtypeStruct((steps, batch, padded_inputs), jnp.float32),
         jax.ShapeDtypeStruct((kind_.states, batch, hp), jnp.float32),
     )
+    w_ih = _pad_weight(weight_ih, kind_.gates, hidden, hp, pad_columns=False)
+    w_hh = _pad_weight(weight_hh, kind_.gates, hidden, hp, pad_columns=True)
     call = jax.ffi.ffi_call(kind_.target("backward"), results, vmap_method="sequential")
-    dz_t, dxn_t, d_state0 = call(
+    d_wih_t, d_whh_t, d_bias, dx, d_state0 = call(
         z,
         states,
         _stack_state(state0, hidden, hp),
         _pad_units(d_outputs, hidden, hp),
         _stack_state(d_state_n, hidden, hp),
         valid,
-        pack_backward(_pad_weight(weight_hh, kind_.gates, hidden, hp, pad_columns=True)),
+        pack_backward(w_hh),
+        x,
+        pack_input_backward(w_ih) if input_grad else jnp.zeros((0,), jnp.float32),
         reverse=bool(reverse),
         threads=_threads(threads),
     )
-    if hp != hidden:
-        dz_t = dz_t.reshape(kind_.gates, hp, columns)[:, :hidden].reshape(-1, columns)
-        dxn_t = dxn_t[:hidden]
-    return dz_t, (dxn_t if kind_.separate_dx else None), tuple(s[..., :hidden] for s in d_state0)
-
-
-def projection_gradients(
-    dz_t: Array, dxn_t: Array | None, x: Array, previous_h: Array, weight_ih: Array, bias: bool
-) -> tuple[dict[str, Array | None], Array]:
-    """The gradients of ``W_ih``, ``W_hh``, the biases and the inputs, from :func:`backward`'s results.
-
-    Args:
-      dz_t, dxn_t: from :func:`backward`.
-      x: ``(T, B, I)``, the layer's inputs; previous_h: ``(T, B, H)``, the state each step started from.
-      weight_ih: ``(G H, I)``; bias: whether the layer has biases.
-    Returns ``({'weight_ih', 'weight_hh', 'bias_ih', 'bias_hh'}, dx)`` with ``dx`` ``(T, B, I)``. Each
-    weight gradient is one plain ``(G H, T B) @ (T B, K)`` matmul: XLA's CPU backend ran that up to
-    1.5x faster than the same product with a ``(T B, G H)`` operand transposed (jax 0.10.2, T B =
-    3,200-12,800, G H = 768-1,024).
-    """
-    steps, batch, _ = x.shape
-    inputs = x.reshape(steps * batch, -1)
-    d_weight_ih = dz_t @ inputs
-    d_bias_hh = dz_t.sum(1) if bias else None
-    d_bias_ih = d_bias_hh
-    dx = dz_t.T @ weight_ih
-    if dxn_t is not None:  # GRU: the n rows of the input projection have their own gradient
-        rz = 2 * dxn_t.shape[0]
-        d_weight_ih = jnp.concatenate([d_weight_ih[:rz], dxn_t @ inputs])
-        d_bias_ih = jnp.concatenate([d_bias_hh[:rz], dxn_t.sum(1)]) if bias else None
-        dx = dz_t[:rz].T @ weight_ih[:rz] + dxn_t.T @ weight_ih[rz:]
     grads = {
-        "weight_ih": d_weight_ih,
-        "weight_hh": dz_t @ previous_h.reshape(steps * batch, -1),
-        "bias_ih": d_bias_ih,
-        "bias_hh": d_bias_hh,
+        "weight_ih": _unpad_gates(d_wih_t.T, kind_.gates, hidden, hp),
+        "weight_hh": _unpad_gates(d_whh_t[:hidden].T, kind_.gates, hidden, hp),
+        "bias_ih": _unpad_gates(d_bias[0], kind_.gates, hidden, hp) if bias else None,
+        "bias_hh": _unpad_gates(d_bias[1], kind_.gates, hidden, hp) if bias else None,
     }
-    return grads, dx.reshape(steps, batch, -1)
+    dx = dx[..., :inputs] if input_grad else None
+    return grads, dx, tuple(s[..., :hidden] for s in d_state0)

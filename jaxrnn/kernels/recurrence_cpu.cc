@@ -7,7 +7,9 @@
 // Work is split over up to `threads` threads by blocks of hidden units (all gates of a unit in one
 // block): the calling thread and helper tasks on XLA's intra-op thread pool claim blocks step by
 // step, and a step starts when every block of the one before is done. The backward pass runs the
-// recurrence's gradient the same way: per step the gate gradients, then dh_{t-1} = dz_t @ W_hh.
+// recurrence's gradient the same way: per step the gate gradients, then dh_{t-1} = dz_t @ W_hh;
+// every 8 steps it adds those steps' gradients into the weight gradients, so nothing of size
+// (T, B, G H) is written.
 //
 // One template drives the three cells; a cell is a traits struct (Lstm, Gru, Rnn<Act>) that says
 // how its gates sit in the 64 accumulator columns of a block, and what its epilogue and gate
@@ -22,16 +24,17 @@
 //   state0  (S, B, H)          initial state
 //   valid   (T, B)             1 on real steps, 0 on padding (state carried, output zero)
 // Results, inference (*_forward): out (T, B, H), zero on padding; state_n (S, B, H).
-// Results, training (*_forward_train): out; states (T, S, B, H), the state after each step (carried
-// through padding); z (T, B, Z H), the gate values the backward pass needs (LSTM i, f, g, o; GRU r,
-// z, W_hn h + b_hn, n; Z = 0 for RNN).
-// Backward (*_backward): dz (G H, T B), the gradient of h_{t-1} @ W_hh^T + b_hh transposed (column
-// t B + b; zero on padding), so the weight gradients are plain matmuls dz @ h and dz @ x; dx (X H, T B),
-// the gradient of W_in x_t + b_in for GRU, whose other rows equal dz's (X = 0 otherwise); and
-// d_state0 (S, B, H), from z, states, state0, d_out (T, B, H), d_state_n (S, B, H), valid and
-// W_hh packed as wb (H/16, G H, 16): wb[u, k, j] = W_hh[k, 16 u + j] (G = 4 LSTM, 3 GRU, 1 RNN).
+// Results, training (*_forward_train): states (T, S, B, H), the state after each step (carried
+// through padding; the outputs are its h, zeroed on padding); z (T, B, Z H), the gate values the
+// backward pass needs (LSTM i, f, g, o; GRU r, z, W_hn h + b_hn, n; Z = 0 for RNN).
+// Backward (*_backward), from z, states, state0, d_out (T, B, H), d_state_n (S, B, H), valid, W_hh
+// packed as wb (H/W, G H, W) (wb[u, k, j] = W_hh[k, W u + j], W = 64 or 16; G = 4 LSTM, 3 GRU, 1 RNN),
+// x and, for the input gradient, W_ih packed as wbi (64-column panels of (G H, Ip), Ip = I rounded up
+// to 16; empty for none): d_wih_t (I, G H) and d_whh_t (H, G H), the weight gradients transposed;
+// d_bias (2, G H), of b_ih and b_hh; dx (T, B, Ip) (empty for none); d_state0 (S, B, H).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -40,6 +43,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -99,7 +103,7 @@ struct Step {
   const float* wp;    // (U, H, 16 Gh) W_hh^T packed
   const float* bias;  // (U, 64)
   const float* valid; // (B)
-  float* out;         // (B, H)
+  float* out;         // (B, H), or nullptr in training (the outputs are the states' h, zero on padding)
   float* dst;         // (S, B, H) the state after the step
   float* z;           // (B, Z H) gate values, or nullptr when not kept
 };
@@ -153,11 +157,11 @@ struct Lstm {
     if (s.valid[row] > 0.5f) {
       store(s.dst + unit0, h);
       store(s.dst + B * H + unit0, c);
-      store(s.out + unit0, h);
+      if (s.out) store(s.out + unit0, h);
     } else {
       store(s.dst + unit0, load(s.prev + unit0));
       store(s.dst + B * H + unit0, c_old);
-      store(s.out + unit0, _mm512_setzero_ps());
+      if (s.out) store(s.out + unit0, _mm512_setzero_ps());
     }
   }
 };
@@ -191,10 +195,10 @@ struct Gru {
     if (s.valid[row] > 0.5f) {
       const __m512 h = _mm512_fmadd_ps(z, _mm512_sub_ps(h_old, n), n);  // (1 - z) n + z h
       store(s.dst + unit0, h);
-      store(s.out + unit0, h);
+      if (s.out) store(s.out + unit0, h);
     } else {
       store(s.dst + unit0, h_old);
-      store(s.out + unit0, _mm512_setzero_ps());
+      if (s.out) store(s.out + unit0, _mm512_setzero_ps());
     }
   }
 };
@@ -228,10 +232,10 @@ struct Rnn {
       if (valid) {
         const __m512 h = Act::f(_mm512_add_ps(acc[q], load(s.bias + u * 64 + q * 16)));
         store(s.dst + unit0, h);
-        store(s.out + unit0, h);
+        if (s.out) store(s.out + unit0, h);
       } else {
         store(s.dst + unit0, load(s.prev + unit0));
-        store(s.out + unit0, _mm512_setzero_ps());
+        if (s.out) store(s.out + unit0, _mm512_setzero_ps());
       }
     }
   }
@@ -386,7 +390,7 @@ ffi::Error Forward(const std::string& name, ffi::ThreadPool& pool, ffi::Buffer<f
       dst = ping_pong + (step % 2) * state;
     }
     return Step{B, H, I, x_p + (size_t)at.t * B * I, prev, wpi_p, wp_p, bias_p, valid_p + (size_t)at.t * B,
-                out + (size_t)at.t * B * H, dst, z ? z + (size_t)at.t * B * Cell::kZ * H : nullptr};
+                out ? out + (size_t)at.t * B * H : nullptr, dst, z ? z + (size_t)at.t * B * Cell::kZ * H : nullptr};
   };
   auto phases = std::make_shared<Phases>(T, U, [=](int step, int u) { unit_block<Cell>(step_args(step), u); });
   RunPhases(pool, threads, phases, scratch);
@@ -406,14 +410,24 @@ ffi::Error ForwardInference(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::
 template <typename Cell>
 ffi::Error ForwardTrain(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wpi,
                         ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> wp, ffi::Buffer<ffi::F32> state0,
-                        ffi::Buffer<ffi::F32> valid, bool reverse, int64_t threads, ffi::ResultBuffer<ffi::F32> out,
+                        ffi::Buffer<ffi::F32> valid, bool reverse, int64_t threads,
                         ffi::ResultBuffer<ffi::F32> states, ffi::ResultBuffer<ffi::F32> z) {
   return Forward<Cell>(std::string("jaxrnn_") + Cell::kName + "_forward_train", pool, x, wpi, bias, wp, state0,
-                       valid, reverse, threads, out->typed_data(), states->typed_data(),
+                       valid, reverse, threads, nullptr, states->typed_data(),
                        Cell::kZ ? z->typed_data() : nullptr, nullptr);
 }
 
 // ---- backward ---------------------------------------------------------------------------------
+
+// A step's gradients, staged: the columns are dz's D H (the gradient of the pre-activations of
+// h_{t-1} @ W_hh^T + b_hh) and then, for GRU, the H of d(W_in x_t + b_in) (the r and z rows of
+// W_ih x_t + b_ih have dz's). They are stored by chunks of 64 columns, (columns / 64, B, 64), so that
+// a chunk's rows are contiguous for the weight gradients and the matmul walks them in order.
+struct Staged {
+  int B;
+  float* p;
+  float* at(size_t row, size_t column) const { return p + (column / 64 * B + row) * 64 + column % 64; }
+};
 
 struct BackStep {
   int B, H;
@@ -423,52 +437,23 @@ struct BackStep {
   const float* d_out;  // (B, H) gradient of this step's output
   const float* valid;  // (B)
   float* d_state;      // (S, B, H) carried: the gradient of the state after the step, then before it
-  float* dz;           // (B, D H) gradient of the pre-activations of h_{t-1} @ W_hh^T + b_hh
-  float* dx;           // (B, X H) GRU: of W_in x_t + b_in (the r and z rows of W_ih x_t + b_ih equal dz's)
+  Staged g;            // this step's gradients
 };
 
-// r[i][j] <- r[j][i]: a 16x16 transpose in registers (unpack, then shuffles within and across lanes).
-inline void transpose16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  for (int h = 0; h < 2; ++h) {
-    for (int i = 0; i < 4; ++i) {
-      t[8 * h + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + 4 + i], 0x88);
-      t[8 * h + 4 + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + 4 + i], 0xdd);
-    }
-  }
-  for (int i = 0; i < 8; ++i) {
-    r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
-    r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xdd);
-  }
-}
-// p[j * ld] = v[j], j < 16: one column of 16 rows of a transposed gradient.
-inline void store_column(float* p, size_t ld, __m512 v) {
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, v);
-  for (int j = 0; j < 16; ++j) p[j * ld] = lanes[j];
-}
-
 // Gate gradients of one step for the 16 units of block u, every row: from the carried state gradient
-// and this step's output gradient, writes dz and what of the state gradient does not go through
-// W_hh (LSTM: dc; GRU: dh * z). Padding rows get dz = 0 and carry the state gradient unchanged.
+// and this step's output gradient, stages the step's gradients and what of the state gradient does not
+// go through W_hh (LSTM: dc; GRU: dh * z). Padding rows get zero gradients and carry the state
+// gradient unchanged.
 struct LstmGrad {
   static void gates(const BackStep& s, int u) {
     const size_t B = s.B, H = s.H;
     float *dh = s.d_state, *dc = s.d_state + B * H;
     for (size_t row = 0; row < B; ++row) {
       const size_t gate0 = row * 4 * H + u * 16, unit0 = row * H + u * 16;
+      float* dz[4];
+      for (int q = 0; q < 4; ++q) dz[q] = s.g.at(row, q * H + u * 16);
       if (s.valid[row] <= 0.5f) {
-        for (int q = 0; q < 4; ++q) store(s.dz + gate0 + q * H, _mm512_setzero_ps());
+        for (int q = 0; q < 4; ++q) store(dz[q], _mm512_setzero_ps());
         continue;
       }
       const __m512 i = load(s.z + gate0), f = load(s.z + gate0 + H), g = load(s.z + gate0 + 2 * H);
@@ -477,10 +462,10 @@ struct LstmGrad {
       const __m512 dh_t = _mm512_add_ps(load(dh + unit0), load(s.d_out + unit0));
       // dc_t = dc + dh_t * o * (1 - tanh(c)^2)
       const __m512 dct = _mm512_fmadd_ps(_mm512_mul_ps(dh_t, o), tanh_grad(tc), load(dc + unit0));
-      store(s.dz + gate0, _mm512_mul_ps(_mm512_mul_ps(dct, g), sigmoid_grad(i)));
-      store(s.dz + gate0 + H, _mm512_mul_ps(_mm512_mul_ps(dct, load(s.prev + B * H + unit0)), sigmoid_grad(f)));
-      store(s.dz + gate0 + 2 * H, _mm512_mul_ps(_mm512_mul_ps(dct, i), tanh_grad(g)));
-      store(s.dz + gate0 + 3 * H, _mm512_mul_ps(_mm512_mul_ps(dh_t, tc), sigmoid_grad(o)));
+      store(dz[0], _mm512_mul_ps(_mm512_mul_ps(dct, g), sigmoid_grad(i)));
+      store(dz[1], _mm512_mul_ps(_mm512_mul_ps(dct, load(s.prev + B * H + unit0)), sigmoid_grad(f)));
+      store(dz[2], _mm512_mul_ps(_mm512_mul_ps(dct, i), tanh_grad(g)));
+      store(dz[3], _mm512_mul_ps(_mm512_mul_ps(dh_t, tc), sigmoid_grad(o)));
       store(dc + unit0, _mm512_mul_ps(dct, f));
     }
   }
@@ -490,10 +475,11 @@ struct GruGrad {
     const size_t B = s.B, H = s.H;
     float* dh = s.d_state;
     for (size_t row = 0; row < B; ++row) {
-      const size_t gate0 = row * 4 * H + u * 16, grad0 = row * 3 * H + u * 16, unit0 = row * H + u * 16;
+      const size_t gate0 = row * 4 * H + u * 16, unit0 = row * H + u * 16;
+      float* dz[4];  // r, z, hn; then xn
+      for (int q = 0; q < 4; ++q) dz[q] = s.g.at(row, q * H + u * 16);
       if (s.valid[row] <= 0.5f) {
-        for (int q = 0; q < 3; ++q) store(s.dz + grad0 + q * H, _mm512_setzero_ps());
-        store(s.dx + unit0, _mm512_setzero_ps());
+        for (int q = 0; q < 4; ++q) store(dz[q], _mm512_setzero_ps());
         continue;
       }
       const __m512 r = load(s.z + gate0), z = load(s.z + gate0 + H), hn = load(s.z + gate0 + 2 * H);
@@ -503,10 +489,10 @@ struct GruGrad {
       const __m512 dn_pre = _mm512_mul_ps(_mm512_fnmadd_ps(dh_t, z, dh_t), tanh_grad(n));
       const __m512 dz_pre = _mm512_mul_ps(_mm512_mul_ps(dh_t, _mm512_sub_ps(load(s.prev + unit0), n)), sigmoid_grad(z));
       const __m512 dr_pre = _mm512_mul_ps(_mm512_mul_ps(dn_pre, hn), sigmoid_grad(r));
-      store(s.dz + grad0, dr_pre);
-      store(s.dz + grad0 + H, dz_pre);
-      store(s.dz + grad0 + 2 * H, _mm512_mul_ps(dn_pre, r));
-      store(s.dx + unit0, dn_pre);
+      store(dz[0], dr_pre);
+      store(dz[1], dz_pre);
+      store(dz[2], _mm512_mul_ps(dn_pre, r));
+      store(dz[3], dn_pre);
       store(dh + unit0, _mm512_mul_ps(dh_t, z));  // the direct part; the matmul phase adds dz @ W_hh
     }
   }
@@ -518,12 +504,13 @@ struct RnnGrad {
     const size_t B = s.B, H = s.H;
     for (size_t row = 0; row < B; ++row) {
       const size_t unit0 = row * H + u * 16;
+      float* dz = s.g.at(row, u * 16);
       if (s.valid[row] <= 0.5f) {
-        store(s.dz + unit0, _mm512_setzero_ps());
+        store(dz, _mm512_setzero_ps());
         continue;
       }
       const __m512 dh_t = _mm512_add_ps(load(s.d_state + unit0), load(s.d_out + unit0));
-      store(s.dz + unit0, _mm512_mul_ps(dh_t, Act::grad(load(s.cur + unit0))));
+      store(dz, _mm512_mul_ps(dh_t, Act::grad(load(s.cur + unit0))));
     }
   }
 };
@@ -532,6 +519,18 @@ template <typename Cell> struct GradOf;
 template <> struct GradOf<Lstm> { using type = LstmGrad; };
 template <> struct GradOf<Gru> { using type = GruGrad; };
 template <typename Act> struct GradOf<Rnn<Act>> { using type = RnnGrad<Act>; };
+
+// acc[m][:NP] += staged[rows r .. r + MR, columns lo .. hi] @ w[(hi - lo) rows, 16 NP], the columns
+// taken chunk by chunk (w's row stride is 16 NP).
+template <int MR, int NP>
+inline void staged_tile(const Staged& g, int r, size_t lo, size_t hi, const float* w, __m512 acc[][4]) {
+  while (lo < hi) {
+    const size_t end = std::min(hi, (lo / 64 + 1) * 64);
+    tile<MR, NP, kSlots0123>(end - lo, g.at(r, lo), 64, w, acc);
+    w += (end - lo) * 16 * NP;
+    lo = end;
+  }
+}
 
 // dh[rows, W u : W u + W] (+)= dz[rows, :K] @ W_hh[:K, W u : W u + W] (W = 16 NP) on valid rows;
 // padding rows keep dh. GRU starts from the direct part the gates phase left in dh.
@@ -543,101 +542,225 @@ void backward_matmul_rows(const BackStep& s, int u, int r, const float* wb) {
   for (int m = 0; m < MR; ++m) {
     for (int p = 0; p < NP; ++p) acc[m][p] = Cell::kDirectDh ? load(dh + (r + m) * H + 16 * p) : _mm512_setzero_ps();
   }
-  tile<MR, NP, kSlots0123>(K, s.dz + r * K, K, wb + u * K * 16 * NP, acc);
+  staged_tile<MR, NP>(s.g, r, 0, K, wb + u * K * 16 * NP, acc);
   for (int m = 0; m < MR; ++m) {
     if (s.valid[r + m] <= 0.5f) continue;
     for (int p = 0; p < NP; ++p) store(dh + (r + m) * H + 16 * p, acc[m][p]);
   }
 }
 
+// c^T[n, m] += sum_k b[k, n] a[k, m] for MR rows n (of x or h_{t-1}) and NV 16-column vectors of m,
+// over the B rows of each step s in [s0, s1): a's row r of step s is a_of(s)[v] + 64 r, b's is
+// b_of(s) + r ldb.
+template <int MR, int NV, typename AOf, typename BOf>
+inline void weight_tile(int s0, int s1, int B, AOf a_of, BOf b_of, size_t ldb, float* c, size_t ldc) {
+  __m512 acc[MR][NV];
+  for (int i = 0; i < MR; ++i) for (int v = 0; v < NV; ++v) acc[i][v] = load(c + i * ldc + 16 * v);
+  for (int s = s0; s < s1; ++s) {
+    const float* b = b_of(s);
+    const float* a[NV];
+    for (int v = 0; v < NV; ++v) a[v] = a_of(s, v);
+    for (int r = 0; r < B; ++r, b += ldb) {
+      __m512 av[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) av[v] = load(a[v] + 64 * r);
+#pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) {
+        const __m512 bi = _mm512_set1_ps(b[i]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(bi, av[v], acc[i][v]);
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i) for (int v = 0; v < NV; ++v) store(c + i * ldc + 16 * v, acc[i][v]);
+}
+
+template <int N, typename F>
+inline void vectors_of(int nv, F& f) {
+  if constexpr (N > 0) {
+    if (nv == N) {
+      f(std::integral_constant<int, N>{});
+    } else {
+      vectors_of<N - 1>(nv, f);
+    }
+  }
+}
+
 // Backward through the whole sequence, in the opposite order to the forward. Each step is two
 // phases over blocks of W units (W = 64 when H allows, else 16; wb is packed by the same blocks):
-// the gate gradients, then dh_{t-1} = (direct part) + dz_t @ W_hh; after every C steps a third
-// phase writes those steps' gradients out transposed.
+// the gate gradients, then dh_{t-1} = (direct part) + dz_t @ W_hh. The steps' gradients are staged
+// in a ring of C steps, and after every C steps a third phase adds them into the weight and bias
+// gradients (kept transposed) and, when asked, computes those steps' input gradients
+// dx_t = d(W_ih x_t + b_ih) @ W_ih.
 template <typename Cell>
 ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> states,
                     ffi::Buffer<ffi::F32> state0, ffi::Buffer<ffi::F32> d_out, ffi::Buffer<ffi::F32> d_state_n,
-                    ffi::Buffer<ffi::F32> valid, ffi::Buffer<ffi::F32> wb, bool reverse, int64_t threads,
-                    ffi::ResultBuffer<ffi::F32> dz_out, ffi::ResultBuffer<ffi::F32> dx_out,
-                    ffi::ResultBuffer<ffi::F32> d_state0) {
+                    ffi::Buffer<ffi::F32> valid, ffi::Buffer<ffi::F32> wb, ffi::Buffer<ffi::F32> x,
+                    ffi::Buffer<ffi::F32> wbi, bool reverse, int64_t threads, ffi::ResultBuffer<ffi::F32> d_wih_out,
+                    ffi::ResultBuffer<ffi::F32> d_whh_out, ffi::ResultBuffer<ffi::F32> d_bias_out,
+                    ffi::ResultBuffer<ffi::F32> dx_out, ffi::ResultBuffer<ffi::F32> d_state0) {
   auto dims = d_out.dimensions();
   auto state_dims = state0.dimensions();
   auto wb_dims = wb.dimensions();
+  auto x_dims = x.dimensions();
+  auto dx_dims = dx_out->dimensions();
   const int64_t W = wb_dims.size() == 3 ? wb_dims[2] : 0;
+  const bool input_grad = wbi.element_count() > 0;
+  const int64_t Ip = x_dims.size() == 3 ? (x_dims[2] + 15) / 16 * 16 : 0;
   if (dims.size() != 3 || state_dims.size() != 3 || state_dims[0] != Cell::kStates || (W != 16 && W != 64) ||
-      dims[2] % W != 0 || wb_dims[0] * W != dims[2] || state_dims[2] != dims[2] || state_dims[1] != dims[1]) {
+      dims[2] % W != 0 || wb_dims[0] * W != dims[2] || state_dims[2] != dims[2] || state_dims[1] != dims[1] ||
+      x_dims.size() != 3 || x_dims[0] != dims[0] || x_dims[1] != dims[1] ||
+      (input_grad && (wbi.element_count() != (int64_t)Cell::kDz * dims[2] * Ip || dx_dims.size() != 3 ||
+                      dx_dims[2] != Ip))) {
     return ffi::Error::InvalidArgument(
         std::string("jaxrnn_") + Cell::kName +
-        "_backward: expected d_out (T, B, H), state0 (S, B, H) and wb (H/W, K, W), W 16 or 64 dividing H");
+        "_backward: expected d_out (T, B, H), state0 (S, B, H), wb (H/W, K, W) with W 16 or 64 dividing H, x (T, B, "
+        "I), and wbi (G H Ip) with dx (T, B, Ip), Ip = I rounded up to 16, or both empty");
   }
-  const int T = dims[0], B = dims[1], H = dims[2], U = H / W;
-  const size_t state = (size_t)Cell::kStates * B * H, TB = (size_t)T * B;
-  const size_t dz_cols = (size_t)Cell::kDz * H, dx_cols = (size_t)Cell::kDx * H;
-  float *d_state = d_state0->typed_data(), *dz = dz_out->typed_data(), *dx = Cell::kDx ? dx_out->typed_data() : nullptr;
+  const int T = dims[0], B = dims[1], H = dims[2], U = H / W, I = x_dims[2];
+  const size_t state = (size_t)Cell::kStates * B * H, GH = (size_t)Cell::kDz * H;
+  // staged columns: dz's G H, then GRU's H of d(W_in x + b_in); a multiple of 64 for every cell
+  const size_t staged_cols = (size_t)(Cell::kDz + Cell::kDx) * H;
+  float *d_state = d_state0->typed_data(), *dx = input_grad ? dx_out->typed_data() : nullptr;
+  float *d_wih = d_wih_out->typed_data(), *d_whh = d_whh_out->typed_data(), *d_bias = d_bias_out->typed_data();
   std::memcpy(d_state, d_state_n.typed_data(), state * sizeof(float));  // the carried gradient lives in d_state0
+  std::memset(d_wih, 0, (size_t)I * GH * sizeof(float));
+  std::memset(d_whh, 0, (size_t)H * GH * sizeof(float));
+  std::memset(d_bias, 0, 2 * GH * sizeof(float));
   const float *z_p = z.typed_data(), *states_p = states.typed_data(), *state0_p = state0.typed_data();
   const float *d_out_p = d_out.typed_data(), *valid_p = valid.typed_data(), *wb_p = wb.typed_data();
-  // The steps' gradients go row-major into a ring of C steps (what the gates and dz @ W_hh phases
-  // read fast), and after every C steps a third phase copies them out transposed.
+  const float *x_p = x.typed_data(), *wbi_p = wbi.typed_data();
   constexpr int C = 8;
-  const size_t stage_step = (size_t)B * (dz_cols + dx_cols);
+  const size_t stage_step = (size_t)B * staged_cols;
   auto stage = std::make_shared<std::vector<float>>(C * stage_step);
   float* stage_p = stage->data();
-  auto step_args = [=](int back_step) {  // back_step 0 is the forward's last step
-    StateIndex at(T - 1 - back_step, T, reverse);
-    float* staged = stage_p + (back_step % C) * stage_step;
-    return std::make_pair(at.t, BackStep{B,
-                                         H,
-                                         Cell::kZ ? z_p + (size_t)at.t * B * Cell::kZ * H : nullptr,
-                                         back_step == T - 1 ? state0_p : states_p + at.before * state,
-                                         states_p + at.t * state,
-                                         d_out_p + (size_t)at.t * B * H,
-                                         valid_p + (size_t)at.t * B,
-                                         d_state,
-                                         staged,
-                                         staged + (size_t)B * dz_cols});
+  // back_step 0 is the forward's last step; its time index and the state it started from.
+  auto time_of = [=](int back_step) { return StateIndex(T - 1 - back_step, T, reverse); };
+  auto prev_of = [=](int back_step) {
+    return back_step == T - 1 ? state0_p : states_p + time_of(back_step).before * state;
   };
-  // dz[(q H + j) TB + t B + b] = staged dz[b, q H + j] for block u's units j and the group's steps.
-  auto transpose = [=](int first, int last, int u) {
-    for (int part = 0; part < 2; ++part) {
-      const int slots = part == 0 ? Cell::kDz : Cell::kDx;
-      const size_t cols = part == 0 ? dz_cols : dx_cols;
-      float* out = part == 0 ? dz : dx;
-      for (int q = 0; q < slots; ++q) {
-        for (int j0 = u * W; j0 < (u + 1) * W; j0 += 16) {
-          for (int back_step = first; back_step < last; ++back_step) {
-            const auto [t, s] = step_args(back_step);
-            const float* src = (part == 0 ? s.dz : s.dx) + q * H + j0;
-            float* dst = out + (size_t)(q * H + j0) * TB + (size_t)t * B;
-            int b = 0;
-            for (; b + 16 <= B; b += 16) {  // 16 rows at a time: 16 full-width stores
-              __m512 r[16];
-              for (int i = 0; i < 16; ++i) r[i] = load(src + (b + i) * cols);
-              transpose16(r);
-              for (int j = 0; j < 16; ++j) store(dst + j * TB + b, r[j]);
-            }
-            for (; b < B; ++b) store_column(dst + b, TB, load(src + b * cols));
+  auto staged = [=](int back_step) { return Staged{B, stage_p + (back_step % C) * stage_step}; };
+  auto step_args = [=](int back_step) {
+    StateIndex at = time_of(back_step);
+    return BackStep{B,
+                    H,
+                    Cell::kZ ? z_p + (size_t)at.t * B * Cell::kZ * H : nullptr,
+                    prev_of(back_step),
+                    states_p + at.t * state,
+                    d_out_p + (size_t)at.t * B * H,
+                    valid_p + (size_t)at.t * B,
+                    d_state,
+                    staged(back_step)};
+  };
+  // The group's rows of x_t and h_{t-1}, packed by the gates phases for the weight gradients: tile j
+  // holds 6 columns n of all C B rows k, (C B, 6) row-major, so a weight tile reads them in order.
+  // Tiles [0, tiles_x) are x's, then h's.
+  const int tiles_x = (I + 5) / 6, tiles_h = (H + 5) / 6;
+  const size_t tile_floats = (size_t)C * B * 6;
+  auto operands = std::make_shared<std::vector<float>>((tiles_x + tiles_h) * tile_floats);
+  float* operands_p = operands->data();
+  auto pack_operands = [=](int back_step, int u) {  // work item u's tiles of step back_step's rows
+    const float* xs = x_p + (size_t)time_of(back_step).t * B * I;
+    const float* hs = prev_of(back_step);
+    for (int j = u; j < tiles_x + tiles_h; j += U) {
+      const bool is_x = j < tiles_x;
+      const int n0 = 6 * (is_x ? j : j - tiles_x), n = std::min(6, (is_x ? I : H) - n0);
+      const size_t ld = is_x ? I : H;
+      const float* src = (is_x ? xs : hs) + n0;
+      float* dst = operands_p + j * tile_floats + (size_t)(back_step % C) * B * 6;
+      const __mmask8 lanes = (__mmask8)((1u << n) - 1);
+      for (int r = 0; r < B; ++r) _mm256_mask_storeu_ps(dst + 6 * r, lanes, _mm256_maskz_loadu_ps(lanes, src + r * ld));
+    }
+  };
+  // The staged column of gradient column m of the input projection (ih) or the recurrent one (hh):
+  // they differ in GRU's n gate only.
+  auto column = [=](bool ih, size_t m) { return ih && Cell::kDx && m >= 2 * (size_t)H ? m + H : m; };
+  const int vectors = GH / 16, chunks = (vectors + 3) / 4;
+  // Steps per pass over all n: about 128 rows, so that a pass's rows of a (32 KB) stay in L1.
+  const int pass_steps = std::max(1, 128 / B);
+  // Work item u of a group's third phase: the weight and bias gradients of 64-column chunks u, u + U,
+  // ... of G H, then the input gradient of its share of (step, row tile) pairs.
+  auto accumulate = [=](int first, int last, int u) {
+    for (int chunk = u; chunk < chunks; chunk += U) {
+      const int nv = std::min(4, vectors - 4 * chunk);
+      for (int part = 0; part < 2; ++part) {  // 0: W_ih from x_t, 1: W_hh from h_{t-1}
+        const bool ih = part == 0;
+        size_t cols[4];
+        for (int v = 0; v < nv; ++v) cols[v] = column(ih, 16 * (4 * chunk + v));
+        auto a_of = [&](int s, int v) { return (const float*)staged(s).at(0, cols[v]); };
+        float* bias = d_bias + (ih ? 0 : GH) + 64 * chunk;
+        for (int v = 0; v < nv; ++v) {  // the bias gradient: the rows' sum
+          __m512 sum = load(bias + 16 * v);
+          for (int s = first; s < last; ++s) {
+            const float* a = a_of(s, v);
+            for (int r = 0; r < B; ++r) sum = _mm512_add_ps(sum, load(a + 64 * r));
           }
+          store(bias + 16 * v, sum);
         }
+        const int N = ih ? I : H;
+        float* c = (ih ? d_wih : d_whh) + 64 * chunk;
+        auto over_n = [&](auto nvc) {
+          constexpr int NV = decltype(nvc)::value;
+          for (int s0 = first; s0 < last; s0 += pass_steps) {
+            const int s1 = std::min(last, s0 + pass_steps);
+            for_row_tiles_greedy<6>(N, [&](auto mr, int n0) {
+              const float* tile = operands_p + (size_t)((ih ? 0 : tiles_x) + n0 / 6) * tile_floats;
+              auto b_of = [&](int s) { return tile + (size_t)(s % C) * B * 6; };
+              weight_tile<decltype(mr)::value, NV>(s0, s1, B, a_of, b_of, 6, c + n0 * GH, GH);
+            });
+          }
+        };
+        vectors_of<4>(nv, over_n);
       }
+    }
+    if (!input_grad) return;
+    // dx_t[rows, 64 p : 64 p + 64] = d(W_ih x_t + b_ih)[rows] @ W_ih[:, 64 p : ...]
+    const int in_vectors = Ip / 16, panels = (in_vectors + 3) / 4;
+    int item = 0;
+    for (int s = first; s < last; ++s) {
+      const Staged g = staged(s);
+      const int t = time_of(s).t;
+      for_row_tiles_greedy<6>(B, [&](auto mr, int r) {
+        constexpr int MR = decltype(mr)::value;
+        for (int p = 0; p < panels; ++p, ++item) {
+          if (item % U != u) continue;
+          const int np = std::min(4, in_vectors - 4 * p);
+          const float* w = wbi_p + GH * 64 * p;  // panel p: (G H, 16 np)
+          float* out = dx + ((size_t)t * B + r) * Ip + 64 * p;
+          auto run = [&](auto npc) {
+            constexpr int NP = decltype(npc)::value;
+            __m512 acc[MR][4];
+            for (int m = 0; m < MR; ++m) for (int q = 0; q < NP; ++q) acc[m][q] = _mm512_setzero_ps();
+            if (Cell::kDx) {  // GRU: the r, z rows from dz, the n rows from the staged d(W_in x + b_in)
+              staged_tile<MR, NP>(g, r, 0, 2 * H, w, acc);
+              staged_tile<MR, NP>(g, r, 3 * H, 4 * H, w + (size_t)2 * H * 16 * NP, acc);
+            } else {
+              staged_tile<MR, NP>(g, r, 0, GH, w, acc);
+            }
+            for (int m = 0; m < MR; ++m) for (int q = 0; q < NP; ++q) store(out + m * Ip + 16 * q, acc[m][q]);
+          };
+          vectors_of<4>(np, run);
+        }
+      });
     }
   };
   const int per_group = 2 * C + 1, groups = (T + C - 1) / C;
   auto run = [=](int phase, int u) {
     const int group = phase / per_group, within = phase % per_group;
     const int first = group * C, last = std::min(T, first + C);
-    if (within == 2 * (last - first)) return transpose(first, last, u);
-    const auto [t, s] = step_args(first + within / 2);
-    (void)t;
+    if (within == 2 * (last - first)) return accumulate(first, last, u);
+    const BackStep s = step_args(first + within / 2);
     if (within % 2 == 0) {
       for (int sub = 0; sub < W / 16; ++sub) GradOf<Cell>::type::gates(s, u * (W / 16) + sub);
+      pack_operands(first + within / 2, u);
     } else if (W == 64) {
       for_row_tiles_greedy<6>(B, [&](auto mr, int r) { backward_matmul_rows<Cell, decltype(mr)::value, 4>(s, u, r, wb_p); });
     } else {
       for_row_tiles_greedy<8>(B, [&](auto mr, int r) { backward_matmul_rows<Cell, decltype(mr)::value, 1>(s, u, r, wb_p); });
     }
   };
-  RunPhases(pool, threads, std::make_shared<Phases>(2 * T + groups, U, run), stage);
+  RunPhases(pool, threads, std::make_shared<Phases>(2 * T + groups, U, run),
+            std::make_shared<std::pair<decltype(stage), decltype(operands)>>(stage, operands));
   return ffi::Error::Success();
 }
 
@@ -653,8 +776,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
       .Arg<ffi::Buffer<ffi::F32>>() /* state0 */    \
       .Arg<ffi::Buffer<ffi::F32>>() /* valid */     \
       .Attr<bool>("reverse")                        \
-      .Attr<int64_t>("threads")                     \
-      .Ret<ffi::Buffer<ffi::F32>>() /* out */
+      .Attr<int64_t>("threads")
 
 #define JAXRNN_BACKWARD_ARGS                        \
   ffi::Ffi::Bind()                                  \
@@ -666,16 +788,21 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
       .Arg<ffi::Buffer<ffi::F32>>() /* d_state_n */ \
       .Arg<ffi::Buffer<ffi::F32>>() /* valid */     \
       .Arg<ffi::Buffer<ffi::F32>>() /* wb */        \
+      .Arg<ffi::Buffer<ffi::F32>>() /* x */         \
+      .Arg<ffi::Buffer<ffi::F32>>() /* wbi */       \
       .Attr<bool>("reverse")                        \
       .Attr<int64_t>("threads")                     \
-      .Ret<ffi::Buffer<ffi::F32>>() /* dz */        \
+      .Ret<ffi::Buffer<ffi::F32>>() /* d_wih_t */   \
+      .Ret<ffi::Buffer<ffi::F32>>() /* d_whh_t */   \
+      .Ret<ffi::Buffer<ffi::F32>>() /* d_bias */    \
       .Ret<ffi::Buffer<ffi::F32>>() /* dx */        \
       .Ret<ffi::Buffer<ffi::F32>>() /* d_state0 */
 
-// Per cell: inference (out, state_n), training (out, states, z) and backward (dz, dx, d_state0).
+// Per cell: inference (out, state_n), training (states, z) and backward (d_wih_t, d_whh_t, d_bias, dx,
+// d_state0).
 #define JAXRNN_CELL(name, Cell)                                                                               \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_##name##_forward, ForwardInference<Cell>,                              \
-                                JAXRNN_FORWARD_ARGS.Ret<ffi::Buffer<ffi::F32>>());                            \
+                                JAXRNN_FORWARD_ARGS.Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()); \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_##name##_forward_train, ForwardTrain<Cell>,                            \
                                 JAXRNN_FORWARD_ARGS.Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()); \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxrnn_##name##_backward, Backward<Cell>, JAXRNN_BACKWARD_ARGS);
