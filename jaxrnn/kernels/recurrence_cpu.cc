@@ -139,7 +139,7 @@ struct Lstm {
   static constexpr const int* kHidSlot = kSlots0123;
   static constexpr bool kDirectDh = false;  // dh_{t-1} is dz_t @ W_hh alone
 
-  static void epilogue(const Step& s, int u, int row, __m512 acc[4]) {
+  [[gnu::always_inline]] static void epilogue(const Step& s, int u, int row, __m512 acc[4]) {
     const size_t B = s.B, H = s.H, unit0 = row * H + u * 16;
     __m512 pre[4];
     for (int q = 0; q < 4; ++q) pre[q] = _mm512_add_ps(acc[q], load(s.bias + u * 64 + q * 16));
@@ -178,7 +178,7 @@ struct Gru {
   static constexpr const int* kHidSlot = kSlots0123;
   static constexpr bool kDirectDh = true;  // dh_{t-1} = dh_t * z + dz_t @ W_hh
 
-  static void epilogue(const Step& s, int u, int row, __m512 acc[4]) {
+  [[gnu::always_inline]] static void epilogue(const Step& s, int u, int row, __m512 acc[4]) {
     const size_t H = s.H, unit0 = row * H + u * 16;
     __m512 pre[4];
     for (int q = 0; q < 4; ++q) pre[q] = _mm512_add_ps(acc[q], load(s.bias + u * 64 + q * 16));
@@ -225,7 +225,7 @@ struct Rnn {
   static constexpr const int* kHidSlot = kSlots0123;
   static constexpr bool kDirectDh = false;
 
-  static void epilogue(const Step& s, int u, int row, __m512 acc[4]) {
+  [[gnu::always_inline]] static void epilogue(const Step& s, int u, int row, __m512 acc[4]) {
     const bool valid = s.valid[row] > 0.5f;
     for (int q = 0; q < 4; ++q) {
       const size_t unit0 = (size_t)row * s.H + u * 64 + q * 16;
