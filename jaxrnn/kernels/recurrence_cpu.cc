@@ -676,8 +676,6 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
   // they differ in GRU's n gate only.
   auto column = [=](bool ih, size_t m) { return ih && Cell::kDx && m >= 2 * (size_t)H ? m + H : m; };
   const int vectors = GH / 16, chunks = (vectors + 3) / 4;
-  // Steps per pass over all n: about 128 rows, so that a pass's rows of a (32 KB) stay in L1.
-  const int pass_steps = std::max(1, 128 / B);
   // Work item u of a group's third phase: the weight and bias gradients of 64-column chunks u, u + U,
   // ... of G H, then the input gradient of its share of (step, row tile) pairs.
   auto accumulate = [=](int first, int last, int u) {
@@ -701,14 +699,11 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
         float* c = (ih ? d_wih : d_whh) + 64 * chunk;
         auto over_n = [&](auto nvc) {
           constexpr int NV = decltype(nvc)::value;
-          for (int s0 = first; s0 < last; s0 += pass_steps) {
-            const int s1 = std::min(last, s0 + pass_steps);
-            for_row_tiles_greedy<6>(N, [&](auto mr, int n0) {
-              const float* tile = operands_p + (size_t)((ih ? 0 : tiles_x) + n0 / 6) * tile_floats;
-              auto b_of = [&](int s) { return tile + (size_t)(s % C) * B * 6; };
-              weight_tile<decltype(mr)::value, NV>(s0, s1, B, a_of, b_of, 6, c + n0 * GH, GH);
-            });
-          }
+          for_row_tiles_greedy<6>(N, [&](auto mr, int n0) {
+            const float* tile = operands_p + (size_t)((ih ? 0 : tiles_x) + n0 / 6) * tile_floats;
+            auto b_of = [&](int s) { return tile + (size_t)(s % C) * B * 6; };
+            weight_tile<decltype(mr)::value, NV>(first, last, B, a_of, b_of, 6, c + n0 * GH, GH);
+          });
         };
         vectors_of<4>(nv, over_n);
       }
