@@ -149,6 +149,24 @@ def test_direct_call_checks_its_arguments():
         cpu.forward("lstm", x, w_ih, jnp.zeros((64, 16)), None, None, (h,), valid, reverse=False)
     with pytest.raises(ValueError, match=r"unknown kernel cell 'elman'; expected one of \['gru', 'lstm'"):
         cpu.forward("elman", x, w_ih, jnp.zeros((64, 16)), None, None, (h,), valid, reverse=False)
+    _, states, z = cpu.forward_train("lstm", x, w_ih, jnp.zeros((64, 16)), None, None, (h, h), valid, reverse=False)
+    d_out = jnp.zeros((3, 2, 16))
+    with pytest.raises(ValueError, match=r"jaxrnn_lstm_backward: .*x \(3, 2, 5\) and weight_ih \(64, 6\)"):
+        cpu.backward(
+            "lstm",
+            z,
+            states,
+            (h, h),
+            d_out,
+            (h, h),
+            valid,
+            x,
+            jnp.zeros((64, 6)),
+            jnp.zeros((64, 16)),
+            bias=False,
+            input_grad=True,
+            reverse=False,
+        )
 
 
 def _reason_in_subprocess(env: dict) -> str:

@@ -52,8 +52,6 @@ class Kind:
       states: arrays in the state: 2 for LSTM ``(h, c)``, else 1.
       block: hidden units per block of the forward loop; ``H`` is zero-padded to a multiple of it.
       z_slots: gate values per unit kept for the backward pass: ``z`` is ``(T, B, z_slots * Hp)``.
-      separate_dx: whether the gradients of the two projections differ (GRU: ``b_hn`` sits inside
-        ``r * (W_hn h + b_hn)``), so the backward pass writes both.
     """
 
     name: str
@@ -61,7 +59,6 @@ class Kind:
     states: int
     block: int
     z_slots: int
-    separate_dx: bool
 
     def target(self, what: str) -> str:
         return f"jaxrnn_{self.name}_{what}"
@@ -72,10 +69,10 @@ class Kind:
 
 
 KINDS = {
-    "lstm": Kind("lstm", gates=4, states=2, block=16, z_slots=4, separate_dx=False),
-    "gru": Kind("gru", gates=3, states=1, block=16, z_slots=4, separate_dx=True),
-    "rnn_tanh": Kind("rnn_tanh", gates=1, states=1, block=64, z_slots=0, separate_dx=False),
-    "rnn_relu": Kind("rnn_relu", gates=1, states=1, block=64, z_slots=0, separate_dx=False),
+    "lstm": Kind("lstm", gates=4, states=2, block=16, z_slots=4),
+    "gru": Kind("gru", gates=3, states=1, block=16, z_slots=4),
+    "rnn_tanh": Kind("rnn_tanh", gates=1, states=1, block=64, z_slots=0),
+    "rnn_relu": Kind("rnn_relu", gates=1, states=1, block=64, z_slots=0),
 }
 TARGETS = tuple(kind.target(what) for kind in KINDS.values() for what in ("forward", "forward_train", "backward"))
 
