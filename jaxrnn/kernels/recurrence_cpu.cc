@@ -679,13 +679,17 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
         for (int v = 0; v < nv; ++v) cols[v] = column(ih, 16 * (4 * chunk + v));
         auto a_of = [&](int s, int v) { return (const float*)staged(s).at(0, cols[v]); };
         float* bias = d_bias + (ih ? 0 : GH) + 64 * chunk;
-        for (int v = 0; v < nv; ++v) {  // the bias gradient: the rows' sum
-          __m512 sum = load(bias + 16 * v);
-          for (int s = first; s < last; ++s) {
-            const float* a = a_of(s, v);
-            for (int r = 0; r < B; ++r) sum = _mm512_add_ps(sum, load(a + 64 * r));
+        if (!ih && !Cell::kDx) {  // LSTM, RNN: both projections have the same gradient, so b_hh's is b_ih's
+          std::memcpy(bias, bias - GH, 16 * nv * sizeof(float));
+        } else {
+          for (int v = 0; v < nv; ++v) {  // the bias gradient: the rows' sum
+            __m512 sum = load(bias + 16 * v);
+            for (int s = first; s < last; ++s) {
+              const float* a = a_of(s, v);
+              for (int r = 0; r < B; ++r) sum = _mm512_add_ps(sum, load(a + 64 * r));
+            }
+            store(bias + 16 * v, sum);
           }
-          store(bias + 16 * v, sum);
         }
         const int N = ih ? I : H;
         float* c = (ih ? d_wih : d_whh) + 64 * chunk;
