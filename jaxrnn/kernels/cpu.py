@@ -4,22 +4,29 @@ XLA's CPU loop runs one small matmul per time step well below the machine's
 GEMM speed and spreads it badly over cores (see the README's performance
 section). ``recurrence_cpu.cc`` does the whole loop of one direction in one
 call: per step one pass over the packed ``W_ih`` and ``W_hh`` with the gates
-fused into the matmul's epilogue (AVX-512); the backward loop likewise (gate
+fused into the matmul's epilogue; the backward loop likewise (gate
 gradients, then ``dz @ W_hh``, and every 8 steps the weight gradients of those
 steps). The calling thread and helper tasks on XLA's
 own intra-op thread pool share each step's blocks of hidden units. One C++
 template serves all cells; :data:`KINDS` lists them (``"lstm"``, ``"gru"``,
 ``"rnn_tanh"``, ``"rnn_relu"``).
 
-The source ships with jaxrnn and is compiled with the system's C++ compiler
-(``$CXX``, else ``g++``) into ``$JAXRNN_KERNEL_CACHE`` (default
-``~/.cache/jaxrnn/kernels``) the first time it is needed, about 3 s. When that
-is impossible (no compiler, no AVX-512, no ``jax.ffi``, ``JAXRNN_CPU_KERNEL=0``)
-:func:`unavailable_reason` says why and jaxrnn uses its XLA loop instead.
+The source is written once against 16-lane GCC vectors and ships with jaxrnn;
+it is compiled for one instruction set (:data:`ISAS`: ``"avx512"``, ``"avx2"``
+or ``"generic"``, the best this CPU has unless ``$JAXRNN_CPU_ISA`` names one)
+with the system's C++ compiler (``$CXX``, else ``g++``) into
+``$JAXRNN_KERNEL_CACHE`` (default ``~/.cache/jaxrnn/kernels``) the first time
+it is needed (20-30 s on a 2-core machine), under a file lock so that
+concurrent processes compile it once. The cache key covers the source, the
+flags, the compiler's version, jax's version and the CPU. When the kernel is
+impossible (no compiler, no ``jax.ffi``, ``JAXRNN_CPU_KERNEL=0``, a failed
+compile) :func:`unavailable_reason` says why and jaxrnn uses its XLA loop
+instead; a failed compile also warns once, with the compiler's message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import functools
@@ -30,6 +37,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +46,11 @@ import numpy as np
 Array = jax.Array
 
 SOURCE = pathlib.Path(__file__).with_name("recurrence_cpu.cc")
-FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-ffp-contract=fast", "-Wno-psabi"]
+ISAS = ("avx512", "avx2", "generic")
+"""The kernel's builds, fastest first. ``avx512`` and ``avx2`` compile for this CPU (``-march=native``, the
+second without AVX-512); ``generic`` for the architecture's baseline (x86-64: SSE2), which is what runs on
+other architectures. The source names no instruction: the compiler emits only what the target has."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +73,7 @@ class Kind:
     z_slots: int
 
     def target(self, what: str) -> str:
+        """The kernel's symbol for ``what`` (``"forward"``, ``"forward_train"``, ``"backward"``)."""
         return f"jaxrnn_{self.name}_{what}"
 
     def padded_size(self, hidden: int) -> int:
@@ -85,62 +98,170 @@ def default_threads() -> int:
     return max(1, min(cores, 8))
 
 
-def _cpu_fingerprint() -> str:
+def _cpu_flags() -> str:
+    """The ``flags`` line of ``/proc/cpuinfo`` ('' where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
+            return next((line for line in f if line.startswith("flags")), "")
     except OSError:
-        flags = ""
-    return platform.machine() + flags
+        return ""
+
+
+def cpu_features() -> list[str]:
+    """The CPU features the kernel's choice of build looks at, as this machine reports them."""
+    flags = set(_cpu_flags().split())
+    return [name for name in ("avx512f", "avx512vl", "avx2", "fma") if name in flags]
+
+
+def _x86() -> bool:
+    return platform.machine() in ("x86_64", "AMD64")
+
+
+def isa() -> tuple[str | None, str | None]:
+    """``(isa, None)``: the build the kernel uses here (``$JAXRNN_CPU_ISA``, else the best this CPU runs), or
+    ``(None, reason)`` when ``$JAXRNN_CPU_ISA`` names one this CPU cannot run or no such build."""
+    features = set(cpu_features())
+    runs = {
+        "avx512": _x86() and "avx512f" in features,
+        "avx2": _x86() and {"avx2", "fma"} <= features,
+        "generic": True,
+    }
+    wanted = os.environ.get("JAXRNN_CPU_ISA", "")
+    if not wanted:
+        return next(name for name in ISAS if runs[name]), None
+    if wanted not in ISAS:
+        return None, f"JAXRNN_CPU_ISA={wanted!r} is not one of {', '.join(ISAS)}"
+    if not runs[wanted]:
+        return None, f"JAXRNN_CPU_ISA={wanted}, but this CPU ({platform.machine()}) cannot run that build"
+    return wanted, None
+
+
+def isa_flags(name: str) -> list[str]:
+    """The compiler flags of build ``name`` (one of :data:`ISAS`)."""
+    if name == "avx512":
+        return ["-march=native"]
+    if name == "avx2":
+        return ["-march=native", "-mno-avx512f"]
+    return ["-march=x86-64", "-mtune=native"] if _x86() else []
 
 
 def _cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("JAXRNN_KERNEL_CACHE", pathlib.Path.home() / ".cache" / "jaxrnn" / "kernels"))
 
 
-def _compile(compiler: str, library: pathlib.Path) -> None:
-    library.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
-        partial = pathlib.Path(tmp) / library.name
-        command = [compiler, *FLAGS, "-isystem", jax.ffi.include_dir(), "-o", str(partial), str(SOURCE)]
-        run = subprocess.run(command, capture_output=True, text=True)
-        if run.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{run.stderr[-2000:]}")
-        os.replace(partial, library)  # atomic: a concurrent process sees the old file or the whole new one
+def compiler() -> str:
+    """The C++ compiler the kernel is built with: ``$CXX``, else ``g++``."""
+    return os.environ.get("CXX", "g++")
 
 
 @functools.cache
-def _load() -> tuple[ctypes.CDLL | None, str | None]:
-    """Compiles (once per source, compiler flags, jax version and CPU), loads and registers the kernel."""
-    if os.environ.get("JAXRNN_CPU_KERNEL", "1") == "0":
-        return None, "disabled by JAXRNN_CPU_KERNEL=0"
+def _compiler_version(compiler: str) -> str:
+    try:
+        run = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return run.stdout.splitlines()[0] if run.stdout else ""
+
+
+def _compile_command(compiler: str, name: str, output: pathlib.Path) -> list[str]:
+    return [compiler, *FLAGS, *isa_flags(name), "-isystem", jax.ffi.include_dir(), "-o", str(output), str(SOURCE)]
+
+
+def library_path(name: str) -> pathlib.Path:
+    """Where build ``name`` of the kernel is cached: the file name carries a hash of everything it depends on."""
+    comp = compiler()
+    key = hashlib.sha256(
+        SOURCE.read_bytes()
+        + "\n".join(
+            [
+                " ".join(_compile_command(comp, name, pathlib.Path("out"))),
+                _compiler_version(comp),
+                jax.__version__,
+                platform.machine(),
+                _cpu_flags(),
+            ]
+        ).encode()
+    ).hexdigest()[:16]
+    return _cache_dir() / f"recurrence_cpu-{name}-{key}.so"
+
+
+@contextlib.contextmanager
+def _file_lock(path: pathlib.Path):
+    """An exclusive lock on ``path`` (created if missing) between processes; nothing where fcntl is missing."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: atomic renames still keep half-written files out of sight
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _compile(compiler: str, name: str, library: pathlib.Path) -> None:
+    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+        partial = pathlib.Path(tmp) / library.name
+        command = _compile_command(compiler, name, partial)
+        run = subprocess.run(command, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{run.stderr[-2000:]}")
+        os.replace(partial, library)  # atomic: a process that loads it sees the whole file or none
+
+
+def _build_and_load(name: str, library: pathlib.Path) -> ctypes.CDLL:
+    """Compiles ``library`` unless it is cached (once across processes: under a lock), loads it; a cached file
+    that does not load (damaged, or from another system) is compiled again once."""
+    comp = compiler()
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(library.with_suffix(".lock")):
+        if not library.exists():
+            _compile(comp, name, library)
+        try:
+            return ctypes.CDLL(str(library))
+        except OSError:
+            library.unlink(missing_ok=True)
+            _compile(comp, name, library)
+            return ctypes.CDLL(str(library))
+
+
+@functools.cache
+def _load(name: str) -> tuple[ctypes.CDLL | None, str | None]:
+    """Compiles (once per source, flags, compiler, jax version and CPU), loads and registers build ``name``."""
     if not hasattr(jax, "ffi") or not hasattr(jax.ffi, "include_dir"):
         return None, f"jax {jax.__version__} has no jax.ffi"
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return None, f"the kernel needs x86-64 with AVX-512, this is {platform.machine()}"
-    if "avx512f" not in _cpu_fingerprint():
-        return None, "this CPU has no AVX-512"
-    compiler = os.environ.get("CXX", "g++")
-    if shutil.which(compiler) is None:
-        return None, f"no C++ compiler ({compiler!r} not found; set CXX)"
-    key = hashlib.sha256(
-        SOURCE.read_bytes() + " ".join([compiler, *FLAGS, jax.__version__, _cpu_fingerprint()]).encode()
-    ).hexdigest()[:16]
-    library = _cache_dir() / f"recurrence_cpu-{key}.so"
+    if shutil.which(compiler()) is None:
+        return None, f"no C++ compiler ({compiler()!r} not found; set CXX)"
+    library = library_path(name)
     try:
-        if not library.exists():
-            _compile(compiler, library)
-        lib = ctypes.CDLL(str(library))
-        for target in TARGETS:
-            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)), platform="cpu")
+        lib = _build_and_load(name, library)
+        for target in TARGETS:  # each build under its own names, so one process can run several
+            jax.ffi.register_ffi_target(
+                registered_target(target, name), jax.ffi.pycapsule(getattr(lib, target)), platform="cpu"
+            )
     except (OSError, RuntimeError, AttributeError) as error:
-        return None, f"could not build or load {library}: {error}"
+        reason = f"could not build or load {library}: {error}"
+        warnings.warn(f"jaxrnn: the CPU kernel is off, the XLA loop runs instead: {reason}", RuntimeWarning, 2)
+        return None, reason
     return lib, None
 
 
+def registered_target(symbol: str, name: str) -> str:
+    """The name XLA knows build ``name``'s ``symbol`` by, e.g. ``jaxrnn_lstm_forward_avx2``."""
+    return f"{symbol}_{name}"
+
+
 def unavailable_reason() -> str | None:
-    """None when the kernel can run here, else why not."""
-    return _load()[1]
+    """None when the kernel can run here, else why not. Reads ``$JAXRNN_CPU_KERNEL`` and ``$JAXRNN_CPU_ISA`` on
+    every call; compiles and loads the build at most once per process."""
+    if os.environ.get("JAXRNN_CPU_KERNEL", "1") == "0":
+        return "disabled by JAXRNN_CPU_KERNEL=0"
+    name, reason = isa()
+    if name is None:
+        return reason
+    return _load(name)[1]
 
 
 def supported(proj_size: int, dtype: jnp.dtype) -> bool:
@@ -271,7 +392,7 @@ def _forward(kind_name, train, x, weight_ih, weight_hh, bias_ih, bias_hh, state0
             jax.ShapeDtypeStruct((steps, batch, hp), jnp.float32),
             jax.ShapeDtypeStruct((kind.states, batch, hp), jnp.float32),
         )
-    call = jax.ffi.ffi_call(kind.target(what), results, vmap_method="sequential")
+    call = jax.ffi.ffi_call(registered_target(kind.target(what), isa()[0]), results, vmap_method="sequential")
     out = call(
         x,
         pack_panels(_pad_weight(weight_ih, kind.gates, hidden, hp, pad_columns=False), kind.gates, kind.block),
@@ -280,6 +401,7 @@ def _forward(kind_name, train, x, weight_ih, weight_hh, bias_ih, bias_hh, state0
         _stack_state(state0, hidden, hp),
         valid,
         reverse=bool(reverse),
+        units=np.int64(hidden),
         threads=_threads(threads),
     )
     if train:  # states and z stay padded: they go back into backward() as they are
@@ -414,7 +536,7 @@ def backward(
     )
     w_ih = _pad_weight(weight_ih, kind_.gates, hidden, hp, pad_columns=False)
     w_hh = _pad_weight(weight_hh, kind_.gates, hidden, hp, pad_columns=True)
-    call = jax.ffi.ffi_call(kind_.target("backward"), results, vmap_method="sequential")
+    call = jax.ffi.ffi_call(registered_target(kind_.target("backward"), isa()[0]), results, vmap_method="sequential")
     d_wih_t, d_whh_t, d_bias, dx, d_state0 = call(
         z,
         states,
@@ -426,6 +548,7 @@ def backward(
         x,
         pack_input_backward(w_ih) if input_grad else jnp.zeros((0,), jnp.float32),
         reverse=bool(reverse),
+        units=np.int64(hidden),
         threads=_threads(threads),
     )
     grads = {

@@ -1,5 +1,6 @@
-// RNN (tanh, relu), LSTM and GRU recurrences for x86-64 CPUs with AVX-512, called from XLA through
-// the FFI (jaxrnn.kernels.cpu).
+// RNN (tanh, relu), LSTM and GRU recurrences for CPUs, called from XLA through the FFI
+// (jaxrnn.kernels.cpu). Written once against 16-lane GCC vectors (see "the instruction-set layer"), compiled
+// for AVX-512, AVX2 or any other target g++ knows.
 //
 // One call runs a whole sequence in one direction. Each step is one pass over the packed weights:
 // x_t @ W_ih^T and h_{t-1} @ W_hh^T go into one set of 6x64 register tiles, and the bias and the
@@ -32,8 +33,6 @@
 // x and, for the input gradient, W_ih packed as wbi (64-column panels of (G H, Ip), Ip = I rounded up
 // to 16; empty for none): d_wih_t (I, G H) and d_whh_t (H, G H), the weight gradients transposed;
 // d_bias (2, G H), of b_ih and b_hh; dx (T, B, Ip) (empty for none); d_state0 (S, B, H).
-#include <immintrin.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
@@ -53,50 +52,120 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+// ---- the instruction-set layer ----------------------------------------------------------------
+// Everything below this section is written against V (16 float lanes), VI (16 int32 lanes) and the
+// functions here; nothing else names an instruction set. V is a GCC vector type: the compiler maps it
+// onto the target's registers (one zmm with AVX-512, two ymm with AVX2, four xmm or NEON registers
+// otherwise), so one source runs wherever g++ does, and jaxrnn.kernels.cpu picks the target with the
+// compile flags. Only the register tile sizes (kTileRows, kTileRowsNarrow) depend on the target.
+//
+// Non-finite values follow IEEE arithmetic and the rules of XLA's own loop, whatever the target:
+//   vmax(c, x) and vmin(c, x) return x when either is NaN (comparisons, never fmax/fmin, which drop
+//   a NaN), so clamping a NaN keeps it NaN and relu(NaN) is NaN;
+//   exp(NaN) = NaN, exp(x) overflows to +Inf above about 88.72 and underflows to 0 below about -103.9
+//   (subnormal in between, flushed to 0 where XLA's threads flush them), so sigmoid(-Inf) = 0,
+//   sigmoid(+Inf) = 1 and tanh(+-Inf) = +-1.
+
+typedef float V __attribute__((vector_size(64)));
+typedef int32_t VI __attribute__((vector_size(64)));
+constexpr int kLanes = 16;
+
+#if defined(__AVX512F__)
+// 6 x 4 and 8 x 1 tiles of V: 24 and 8 of the 32 zmm registers.
+constexpr int kTileRows = 6, kTileRowsNarrow = 8;
+#else
+// A V is two or more registers here: 2 x 4 V and 4 x 1 V.
+constexpr int kTileRows = 2, kTileRowsNarrow = 4;
+#endif
+
+#define JAXRNN_INLINE [[gnu::always_inline]] inline
+
+JAXRNN_INLINE V load(const float* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof v);  // unaligned
+  return v;
+}
+JAXRNN_INLINE void store(float* p, V v) { __builtin_memcpy(p, &v, sizeof v); }
+JAXRNN_INLINE V splat(float a) { return V{} + a; }
+JAXRNN_INLINE V zero() { return V{}; }
+JAXRNN_INLINE V one() { return splat(1.0f); }
+JAXRNN_INLINE V add(V a, V b) { return a + b; }
+JAXRNN_INLINE V sub(V a, V b) { return a - b; }
+JAXRNN_INLINE V mul(V a, V b) { return a * b; }
+JAXRNN_INLINE V fmadd(V a, V b, V c) { return a * b + c; }   // one FMA where the target has it
+JAXRNN_INLINE V fnmadd(V a, V b, V c) { return c - a * b; }  // likewise
+JAXRNN_INLINE V vmax(V a, V b) { return a > b ? a : b; }     // b if either is NaN
+JAXRNN_INLINE V vmin(V a, V b) { return a < b ? a : b; }     // b if either is NaN
+JAXRNN_INLINE V select(VI mask, V a, V b) { return mask ? a : b; }
+JAXRNN_INLINE V bits_and(V a, int32_t m) { return (V)((VI)a & m); }
+JAXRNN_INLINE V bits_or(V a, V b) { return (V)((VI)a | (VI)b); }
+JAXRNN_INLINE V vabs(V x) { return bits_and(x, 0x7fffffff); }
+// Round to the nearest integer (ties to even) for |x| < 2^22; NaN stays NaN.
+JAXRNN_INLINE V round_nearest(V x) {
+  const V magic = splat(12582912.0f);  // 1.5 * 2^23
+  return (x + magic) - magic;
+}
+// 2^n for integral n in [-126, 127], from the exponent bits.
+JAXRNN_INLINE V pow2(V n) { return (V)((__builtin_convertvector(n, VI) + 127) << 23); }
+// Lanes [0, n) true, the others false (n may be <= 0 or >= 16).
+JAXRNN_INLINE VI lanes_below(int n) {
+  const VI lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  return lane < n;
+}
+// Keeps lanes [0, n) of v and zeroes the others.
+JAXRNN_INLINE V keep_lanes(V v, int n) { return n >= kLanes ? v : select(lanes_below(n), v, zero()); }
+
+// Spin-wait hint.
+JAXRNN_INLINE void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
 // ---- math -----------------------------------------------------------------------------------
 
-inline __m512 exp512(__m512 x) {
-  // exp(x) = 2^n * p(r), r = x - n ln2, |r| <= ln2/2; degree-6 polynomial (Cephes expf coefficients)
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500E-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
-  __m512 r2 = _mm512_mul_ps(r, r);
-  p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
+JAXRNN_INLINE V exp_v(V x) {
+  // exp(x) = 2^n * p(r), r = x - n ln2, |r| <= ln2/2; degree-6 polynomial (Cephes expf coefficients).
+  // The clamp keeps n in [-150, 129] (NaN passes through); 2^n is applied as two factors of at most
+  // 2^65 each, so the result overflows to Inf or underflows to 0 exactly where exp does.
+  x = vmin(splat(89.0f), vmax(splat(-104.0f), x));
+  const V n = round_nearest(x * splat(1.44269504088896341f));
+  V r = fnmadd(n, splat(0.693359375f), x);
+  r = fnmadd(n, splat(-2.12194440e-4f), r);
+  V p = splat(1.9875691500E-4f);
+  p = fmadd(p, r, splat(1.3981999507E-3f));
+  p = fmadd(p, r, splat(8.3334519073E-3f));
+  p = fmadd(p, r, splat(4.1665795894E-2f));
+  p = fmadd(p, r, splat(1.6666665459E-1f));
+  p = fmadd(p, r, splat(5.0000001201E-1f));
+  p = fmadd(p, r * r, r + one());
+  const V half = round_nearest(n * splat(0.5f) - splat(0.25f));  // floor(n / 2) for integral n
+  return p * pow2(half) * pow2(n - half);
 }
-inline __m512 sigmoid512(__m512 x) {
-  __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
-  return _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+JAXRNN_INLINE V sigmoid_v(V x) { return one() / (one() + exp_v(zero() - x)); }
+JAXRNN_INLINE V tanh_v(V x) {
+  // tanh(x) = sign(x) * (1 - e) / (1 + e), e = exp(-2|x|); NaN gives NaN
+  const V ax = vabs(x);
+  const V e = exp_v(ax * splat(-2.0f));
+  V t = (one() - e) / (one() + e);
+  // small |x|: x - x^3/3 + 2x^5/15 keeps the relative accuracy
+  const V x2 = x * x;
+  const V small = ax * fmadd(x2, fmadd(x2, splat(2.f / 15.f), splat(-1.f / 3.f)), one());
+  t = select(ax < splat(0.004f), small, t);
+  return bits_or(t, bits_and(x, (int32_t)0x80000000));
 }
-inline __m512 tanh512(__m512 x) {
-  // tanh(x) = sign(x) * (1 - e) / (1 + e), e = exp(-2|x|)
-  __m512 ax = _mm512_abs_ps(x);
-  __m512 e = exp512(_mm512_mul_ps(ax, _mm512_set1_ps(-2.0f)));
-  __m512 t = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), e), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
-  // small |x|: use x - x^3/3 + 2x^5/15 to keep relative accuracy
-  __m512 x2 = _mm512_mul_ps(x, x);
-  __m512 small = _mm512_mul_ps(ax, _mm512_fmadd_ps(x2, _mm512_fmadd_ps(x2, _mm512_set1_ps(2.f / 15.f), _mm512_set1_ps(-1.f / 3.f)), _mm512_set1_ps(1.f)));
-  __mmask16 m = _mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.004f), _CMP_LT_OQ);
-  t = _mm512_mask_blend_ps(m, t, small);
-  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t), _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x80000000))));
-}
-inline __m512 load(const float* p) { return _mm512_loadu_ps(p); }
-inline void store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
-inline __m512 one() { return _mm512_set1_ps(1.0f); }
-inline __m512 sigmoid_grad(__m512 s) { return _mm512_mul_ps(s, _mm512_sub_ps(one(), s)); }  // from sigmoid(x)
-inline __m512 tanh_grad(__m512 t) { return _mm512_fnmadd_ps(t, t, one()); }                 // from tanh(x)
+// The gradients of the activations, from their values, in the form JAX differentiates them (so the
+// zeros, NaN and Inf come out where the XLA loop's do): sigmoid' = s (1 - s), d tanh = (g + g t)(1 - t).
+JAXRNN_INLINE V sigmoid_grad(V s) { return mul(s, sub(one(), s)); }
+JAXRNN_INLINE V tanh_backward(V g, V t) { return mul(fmadd(g, t, g), sub(one(), t)); }
 
 // ---- one step of the forward pass -------------------------------------------------------------
 
 struct Step {
   int B, H, I;
+  int units;          // the real hidden units; [units, H) is zero padding
   const float* x;     // (B, I) this step's inputs
   const float* prev;  // (S, B, H) the state before the step
   const float* wpi;   // (U, I, 16 Gi) W_ih^T packed
@@ -111,16 +180,16 @@ struct Step {
 // acc[m][Slot[g]] (+)= sum_k a[m, k] * w[k, 16 g : 16 g + 16], g < NG, for MR rows of a (row stride
 // lda) and a (K, 16 NG) weight panel.
 template <int MR, int NG, const int* Slot>
-inline void tile(int K, const float* a, int lda, const float* w, __m512 acc[][4]) {
+inline void tile(int K, const float* a, int lda, const float* w, V acc[][4]) {
   for (int k = 0; k < K; ++k) {
-    __m512 wk[NG];
+    V wk[NG];
 #pragma GCC unroll 4
     for (int g = 0; g < NG; ++g) wk[g] = load(w + (k * NG + g) * 16);
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) {
-      const __m512 am = _mm512_set1_ps(a[m * lda + k]);
+      const V am = splat(a[m * lda + k]);
 #pragma GCC unroll 4
-      for (int g = 0; g < NG; ++g) acc[m][Slot[g]] = _mm512_fmadd_ps(am, wk[g], acc[m][Slot[g]]);
+      for (int g = 0; g < NG; ++g) acc[m][Slot[g]] = fmadd(am, wk[g], acc[m][Slot[g]]);
     }
   }
 }
@@ -139,11 +208,11 @@ struct Lstm {
   static constexpr const int* kHidSlot = kSlots0123;
   static constexpr bool kDirectDh = false;  // dh_{t-1} is dz_t @ W_hh alone
 
-  [[gnu::always_inline]] static void epilogue(const Step& s, int u, int row, __m512 acc[4]) {
+  [[gnu::always_inline]] static void epilogue(const Step& s, int u, int row, V acc[4]) {
     const size_t B = s.B, H = s.H, unit0 = row * H + u * 16;
-    __m512 pre[4];
-    for (int q = 0; q < 4; ++q) pre[q] = _mm512_add_ps(acc[q], load(s.bias + u * 64 + q * 16));
-    const __m512 i = sigmoid512(pre[0]), f = sigmoid512(pre[1]), g = tanh512(pre[2]), o = sigmoid512(pre[3]);
+    V pre[4];
+    for (int q = 0; q < 4; ++q) pre[q] = add(acc[q], load(s.bias + u * 64 + q * 16));
+    const V i = sigmoid_v(pre[0]), f = sigmoid_v(pre[1]), g = tanh_v(pre[2]), o = sigmoid_v(pre[3]);
     if (s.z) {  // the gates, so the backward pass needs no exp for them
       float* z = s.z + row * 4 * H + u * 16;
       store(z, i);
@@ -151,9 +220,9 @@ struct Lstm {
       store(z + 2 * H, g);
       store(z + 3 * H, o);
     }
-    const __m512 c_old = load(s.prev + B * H + unit0);
-    const __m512 c = _mm512_fmadd_ps(f, c_old, _mm512_mul_ps(i, g));
-    const __m512 h = _mm512_mul_ps(o, tanh512(c));
+    const V c_old = load(s.prev + B * H + unit0);
+    const V c = fmadd(f, c_old, mul(i, g));
+    const V h = mul(o, tanh_v(c));
     if (s.valid[row] > 0.5f) {
       store(s.dst + unit0, h);
       store(s.dst + B * H + unit0, c);
@@ -161,7 +230,7 @@ struct Lstm {
     } else {
       store(s.dst + unit0, load(s.prev + unit0));
       store(s.dst + B * H + unit0, c_old);
-      if (s.out) store(s.out + unit0, _mm512_setzero_ps());
+      if (s.out) store(s.out + unit0, zero());
     }
   }
 };
@@ -178,12 +247,12 @@ struct Gru {
   static constexpr const int* kHidSlot = kSlots0123;
   static constexpr bool kDirectDh = true;  // dh_{t-1} = dh_t * z + dz_t @ W_hh
 
-  [[gnu::always_inline]] static void epilogue(const Step& s, int u, int row, __m512 acc[4]) {
+  [[gnu::always_inline]] static void epilogue(const Step& s, int u, int row, V acc[4]) {
     const size_t H = s.H, unit0 = row * H + u * 16;
-    __m512 pre[4];
-    for (int q = 0; q < 4; ++q) pre[q] = _mm512_add_ps(acc[q], load(s.bias + u * 64 + q * 16));
-    const __m512 r = sigmoid512(pre[0]), z = sigmoid512(pre[1]);
-    const __m512 n = tanh512(_mm512_fmadd_ps(r, pre[2], pre[3]));
+    V pre[4];
+    for (int q = 0; q < 4; ++q) pre[q] = add(acc[q], load(s.bias + u * 64 + q * 16));
+    const V r = sigmoid_v(pre[0]), z = sigmoid_v(pre[1]);
+    const V n = tanh_v(fmadd(r, pre[2], pre[3]));
     if (s.z) {
       float* zs = s.z + row * 4 * H + u * 16;
       store(zs, r);
@@ -191,14 +260,14 @@ struct Gru {
       store(zs + 2 * H, pre[2]);
       store(zs + 3 * H, n);
     }
-    const __m512 h_old = load(s.prev + unit0);
+    const V h_old = load(s.prev + unit0);
     if (s.valid[row] > 0.5f) {
-      const __m512 h = _mm512_fmadd_ps(z, _mm512_sub_ps(h_old, n), n);  // (1 - z) n + z h
+      const V h = fmadd(z, sub(h_old, n), n);  // (1 - z) n + z h
       store(s.dst + unit0, h);
       if (s.out) store(s.out + unit0, h);
     } else {
       store(s.dst + unit0, h_old);
-      if (s.out) store(s.out + unit0, _mm512_setzero_ps());
+      if (s.out) store(s.out + unit0, zero());
     }
   }
 };
@@ -206,15 +275,14 @@ struct Gru {
 // Elman RNN: one gate, blocks of 64 units (slot q is units 16 q .. 16 q + 15 of the block). The
 // backward pass needs no gate values: the gradient of tanh or relu follows from h.
 struct Tanh {
-  static __m512 f(__m512 x) { return tanh512(x); }
-  static __m512 grad(__m512 h) { return tanh_grad(h); }
+  static V f(V x) { return tanh_v(x); }
+  static V backward(V g, V h) { return tanh_backward(g, h); }
   static constexpr const char* kName = "rnn_tanh";
 };
 struct Relu {
-  static __m512 f(__m512 x) { return _mm512_max_ps(x, _mm512_setzero_ps()); }
-  static __m512 grad(__m512 h) {
-    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(h, _mm512_setzero_ps(), _CMP_GT_OQ), _mm512_setzero_ps(), one());
-  }
+  static V f(V x) { return vmax(zero(), x); }  // NaN stays NaN
+  // jax.nn.relu's gradient: g where x > 0, else exactly 0 (h > 0 exactly where x > 0)
+  static V backward(V g, V h) { return select(h > zero(), g, zero()); }
   static constexpr const char* kName = "rnn_relu";
 };
 template <typename Act>
@@ -225,17 +293,17 @@ struct Rnn {
   static constexpr const int* kHidSlot = kSlots0123;
   static constexpr bool kDirectDh = false;
 
-  [[gnu::always_inline]] static void epilogue(const Step& s, int u, int row, __m512 acc[4]) {
+  [[gnu::always_inline]] static void epilogue(const Step& s, int u, int row, V acc[4]) {
     const bool valid = s.valid[row] > 0.5f;
     for (int q = 0; q < 4; ++q) {
       const size_t unit0 = (size_t)row * s.H + u * 64 + q * 16;
       if (valid) {
-        const __m512 h = Act::f(_mm512_add_ps(acc[q], load(s.bias + u * 64 + q * 16)));
+        const V h = Act::f(add(acc[q], load(s.bias + u * 64 + q * 16)));
         store(s.dst + unit0, h);
         if (s.out) store(s.out + unit0, h);
       } else {
         store(s.dst + unit0, load(s.prev + unit0));
-        if (s.out) store(s.out + unit0, _mm512_setzero_ps());
+        if (s.out) store(s.out + unit0, zero());
       }
     }
   }
@@ -274,18 +342,31 @@ inline void for_row_tiles(int B, F f) {
   }
 }
 
+// The first hidden unit of accumulator slot q of block u: LSTM and GRU blocks hold 16 units (the slots
+// are their gates), RNN blocks 64 (slot q holds units 16 q .. 16 q + 15).
+template <typename Cell>
+int first_unit(int u, int q) {
+  return Cell::kBlock == kLanes ? u * kLanes : u * Cell::kBlock + q * kLanes;
+}
+
 template <typename Cell, int MR>
 void rows_block(const Step& s, int u, int r) {
-  __m512 acc[MR][4];
-  for (int m = 0; m < MR; ++m) for (int q = 0; q < 4; ++q) acc[m][q] = _mm512_setzero_ps();
+  V acc[MR][4];
+  for (int m = 0; m < MR; ++m) for (int q = 0; q < 4; ++q) acc[m][q] = zero();
   tile<MR, Cell::kIn, Cell::kInSlot>(s.I, s.x + (size_t)r * s.I, s.I, s.wpi + (size_t)u * s.I * 16 * Cell::kIn, acc);
   tile<MR, Cell::kHid, Cell::kHidSlot>(s.H, s.prev + (size_t)r * s.H, s.H, s.wp + (size_t)u * s.H * 16 * Cell::kHid, acc);
+  // Padding units get a zero pre-activation whatever x holds (their weights are zero, but 0 * Inf is
+  // NaN), so they stay exactly 0 and never reach the real units through W_hh.
+  for (int q = 0; q < 4; ++q) {
+    const int real = s.units - first_unit<Cell>(u, q);
+    if (real < kLanes) for (int m = 0; m < MR; ++m) acc[m][q] = keep_lanes(acc[m][q], real);
+  }
   for (int m = 0; m < MR; ++m) Cell::epilogue(s, u, r + m, acc[m]);
 }
 
 template <typename Cell>
 void unit_block(const Step& s, int u) {
-  for_row_tiles<6>(s.B, [&](auto mr, int r) { rows_block<Cell, decltype(mr)::value>(s, u, r); });
+  for_row_tiles<kTileRows>(s.B, [&](auto mr, int r) { rows_block<Cell, decltype(mr)::value>(s, u, r); });
 }
 
 // ---- threads ----------------------------------------------------------------------------------
@@ -295,7 +376,7 @@ void unit_block(const Step& s, int u) {
 inline void wait_until(const std::atomic<int64_t>& counter, int64_t target) {
   for (int spins = 0; counter.load(std::memory_order_acquire) < target; ++spins) {
     if (spins < 2000) {
-      _mm_pause();
+      cpu_relax();
     } else {
       std::this_thread::yield();
     }
@@ -366,14 +447,15 @@ struct StateIndex {
 template <typename Cell>
 ffi::Error Forward(const std::string& name, ffi::ThreadPool& pool, ffi::Buffer<ffi::F32>& x,
                    ffi::Buffer<ffi::F32>& wpi, ffi::Buffer<ffi::F32>& bias, ffi::Buffer<ffi::F32>& wp,
-                   ffi::Buffer<ffi::F32>& state0, ffi::Buffer<ffi::F32>& valid, bool reverse, int64_t threads,
-                   float* out, float* states, float* z, float* state_n) {
+                   ffi::Buffer<ffi::F32>& state0, ffi::Buffer<ffi::F32>& valid, bool reverse, int64_t units,
+                   int64_t threads, float* out, float* states, float* z, float* state_n) {
   auto dims = x.dimensions();
   auto state_dims = state0.dimensions();
   if (dims.size() != 3 || state_dims.size() != 3 || state_dims[0] != Cell::kStates || state_dims[1] != dims[1] ||
-      state_dims[2] % Cell::kBlock != 0) {
+      state_dims[2] % Cell::kBlock != 0 || units < 1 || units > state_dims[2]) {
     return ffi::Error::InvalidArgument(name + ": expected x (T, B, I) and state0 (" + std::to_string(Cell::kStates) +
-                                       ", B, H), H a multiple of " + std::to_string(Cell::kBlock));
+                                       ", B, H), H a multiple of " + std::to_string(Cell::kBlock) +
+                                       ", and units in [1, H]");
   }
   const int T = dims[0], B = dims[1], I = dims[2], H = state_dims[2], U = H / Cell::kBlock;
   const size_t state = (size_t)Cell::kStates * B * H;
@@ -392,7 +474,7 @@ ffi::Error Forward(const std::string& name, ffi::ThreadPool& pool, ffi::Buffer<f
       prev = step == 0 ? state0_p : ping_pong + ((step + 1) % 2) * state;  // the previous step wrote there
       dst = ping_pong + (step % 2) * state;
     }
-    return Step{B, H, I, x_p + (size_t)at.t * B * I, prev, wpi_p, wp_p, bias_p, valid_p + (size_t)at.t * B,
+    return Step{B, H, I, (int)units, x_p + (size_t)at.t * B * I, prev, wpi_p, wp_p, bias_p, valid_p + (size_t)at.t * B,
                 out ? out + (size_t)at.t * B * H : nullptr, dst, z ? z + (size_t)at.t * B * Cell::kZ * H : nullptr};
   };
   auto phases = std::make_shared<Phases>(T, U, [=](int step, int u) { unit_block<Cell>(step_args(step), u); });
@@ -404,19 +486,19 @@ ffi::Error Forward(const std::string& name, ffi::ThreadPool& pool, ffi::Buffer<f
 template <typename Cell>
 ffi::Error ForwardInference(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wpi,
                             ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> wp, ffi::Buffer<ffi::F32> state0,
-                            ffi::Buffer<ffi::F32> valid, bool reverse, int64_t threads,
+                            ffi::Buffer<ffi::F32> valid, bool reverse, int64_t units, int64_t threads,
                             ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> state_n) {
   return Forward<Cell>(std::string("jaxrnn_") + Cell::kName + "_forward", pool, x, wpi, bias, wp, state0, valid,
-                       reverse, threads, out->typed_data(), nullptr, nullptr, state_n->typed_data());
+                       reverse, units, threads, out->typed_data(), nullptr, nullptr, state_n->typed_data());
 }
 
 template <typename Cell>
 ffi::Error ForwardTrain(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wpi,
                         ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> wp, ffi::Buffer<ffi::F32> state0,
-                        ffi::Buffer<ffi::F32> valid, bool reverse, int64_t threads,
+                        ffi::Buffer<ffi::F32> valid, bool reverse, int64_t units, int64_t threads,
                         ffi::ResultBuffer<ffi::F32> states, ffi::ResultBuffer<ffi::F32> z) {
   return Forward<Cell>(std::string("jaxrnn_") + Cell::kName + "_forward_train", pool, x, wpi, bias, wp, state0,
-                       valid, reverse, threads, nullptr, states->typed_data(),
+                       valid, reverse, units, threads, nullptr, states->typed_data(),
                        Cell::kZ ? z->typed_data() : nullptr, nullptr);
 }
 
@@ -434,6 +516,7 @@ struct Staged {
 
 struct BackStep {
   int B, H;
+  int units;           // the real hidden units; [units, H) is zero padding
   const float* z;      // (B, Z H) this step's gate values
   const float* prev;   // (S, B, H) the state before the step
   const float* cur;    // (S, B, H) the state after it
@@ -456,20 +539,20 @@ struct LstmGrad {
       float* dz[4];
       for (int q = 0; q < 4; ++q) dz[q] = s.g.at(row, q * H + u * 16);
       if (s.valid[row] <= 0.5f) {
-        for (int q = 0; q < 4; ++q) store(dz[q], _mm512_setzero_ps());
+        for (int q = 0; q < 4; ++q) store(dz[q], zero());
         continue;
       }
-      const __m512 i = load(s.z + gate0), f = load(s.z + gate0 + H), g = load(s.z + gate0 + 2 * H);
-      const __m512 o = load(s.z + gate0 + 3 * H);
-      const __m512 tc = tanh512(load(s.cur + B * H + unit0));
-      const __m512 dh_t = _mm512_add_ps(load(dh + unit0), load(s.d_out + unit0));
+      const V i = load(s.z + gate0), f = load(s.z + gate0 + H), g = load(s.z + gate0 + 2 * H);
+      const V o = load(s.z + gate0 + 3 * H);
+      const V tc = tanh_v(load(s.cur + B * H + unit0));
+      const V dh_t = keep_lanes(add(load(dh + unit0), load(s.d_out + unit0)), s.units - u * 16);
       // dc_t = dc + dh_t * o * (1 - tanh(c)^2)
-      const __m512 dct = _mm512_fmadd_ps(_mm512_mul_ps(dh_t, o), tanh_grad(tc), load(dc + unit0));
-      store(dz[0], _mm512_mul_ps(_mm512_mul_ps(dct, g), sigmoid_grad(i)));
-      store(dz[1], _mm512_mul_ps(_mm512_mul_ps(dct, load(s.prev + B * H + unit0)), sigmoid_grad(f)));
-      store(dz[2], _mm512_mul_ps(_mm512_mul_ps(dct, i), tanh_grad(g)));
-      store(dz[3], _mm512_mul_ps(_mm512_mul_ps(dh_t, tc), sigmoid_grad(o)));
-      store(dc + unit0, _mm512_mul_ps(dct, f));
+      const V dct = add(tanh_backward(mul(dh_t, o), tc), load(dc + unit0));
+      store(dz[0], mul(mul(dct, g), sigmoid_grad(i)));
+      store(dz[1], mul(mul(dct, load(s.prev + B * H + unit0)), sigmoid_grad(f)));
+      store(dz[2], tanh_backward(mul(dct, i), g));
+      store(dz[3], mul(mul(dh_t, tc), sigmoid_grad(o)));
+      store(dc + unit0, mul(dct, f));
     }
   }
 };
@@ -482,21 +565,21 @@ struct GruGrad {
       float* dz[4];  // r, z, hn; then xn
       for (int q = 0; q < 4; ++q) dz[q] = s.g.at(row, q * H + u * 16);
       if (s.valid[row] <= 0.5f) {
-        for (int q = 0; q < 4; ++q) store(dz[q], _mm512_setzero_ps());
+        for (int q = 0; q < 4; ++q) store(dz[q], zero());
         continue;
       }
-      const __m512 r = load(s.z + gate0), z = load(s.z + gate0 + H), hn = load(s.z + gate0 + 2 * H);
-      const __m512 n = load(s.z + gate0 + 3 * H);
-      const __m512 dh_t = _mm512_add_ps(load(dh + unit0), load(s.d_out + unit0));
+      const V r = load(s.z + gate0), z = load(s.z + gate0 + H), hn = load(s.z + gate0 + 2 * H);
+      const V n = load(s.z + gate0 + 3 * H);
+      const V dh_t = keep_lanes(add(load(dh + unit0), load(s.d_out + unit0)), s.units - u * 16);
       // h = (1 - z) n + z h_prev
-      const __m512 dn_pre = _mm512_mul_ps(_mm512_fnmadd_ps(dh_t, z, dh_t), tanh_grad(n));
-      const __m512 dz_pre = _mm512_mul_ps(_mm512_mul_ps(dh_t, _mm512_sub_ps(load(s.prev + unit0), n)), sigmoid_grad(z));
-      const __m512 dr_pre = _mm512_mul_ps(_mm512_mul_ps(dn_pre, hn), sigmoid_grad(r));
+      const V dn_pre = tanh_backward(fnmadd(dh_t, z, dh_t), n);
+      const V dz_pre = mul(mul(dh_t, sub(load(s.prev + unit0), n)), sigmoid_grad(z));
+      const V dr_pre = mul(mul(dn_pre, hn), sigmoid_grad(r));
       store(dz[0], dr_pre);
       store(dz[1], dz_pre);
-      store(dz[2], _mm512_mul_ps(dn_pre, r));
+      store(dz[2], mul(dn_pre, r));
       store(dz[3], dn_pre);
-      store(dh + unit0, _mm512_mul_ps(dh_t, z));  // the direct part; the matmul phase adds dz @ W_hh
+      store(dh + unit0, mul(dh_t, z));  // the direct part; the matmul phase adds dz @ W_hh
     }
   }
 };
@@ -509,11 +592,11 @@ struct RnnGrad {
       const size_t unit0 = row * H + u * 16;
       float* dz = s.g.at(row, u * 16);
       if (s.valid[row] <= 0.5f) {
-        store(dz, _mm512_setzero_ps());
+        store(dz, zero());
         continue;
       }
-      const __m512 dh_t = _mm512_add_ps(load(s.d_state + unit0), load(s.d_out + unit0));
-      store(dz, _mm512_mul_ps(dh_t, Act::grad(load(s.cur + unit0))));
+      const V dh_t = keep_lanes(add(load(s.d_state + unit0), load(s.d_out + unit0)), s.units - u * 16);
+      store(dz, Act::backward(dh_t, load(s.cur + unit0)));
     }
   }
 };
@@ -526,7 +609,7 @@ template <typename Act> struct GradOf<Rnn<Act>> { using type = RnnGrad<Act>; };
 // acc[m][:NP] += staged[rows r .. r + MR, columns lo .. hi] @ w[(hi - lo) rows, 16 NP], the columns
 // taken chunk by chunk (w's row stride is 16 NP).
 template <int MR, int NP>
-inline void staged_tile(const Staged& g, int r, size_t lo, size_t hi, const float* w, __m512 acc[][4]) {
+inline void staged_tile(const Staged& g, int r, size_t lo, size_t hi, const float* w, V acc[][4]) {
   while (lo < hi) {
     const size_t end = std::min(hi, (lo / 64 + 1) * 64);
     tile<MR, NP, kSlots0123>(end - lo, g.at(r, lo), 64, w, acc);
@@ -541,9 +624,9 @@ template <typename Cell, int MR, int NP>
 void backward_matmul_rows(const BackStep& s, int u, int r, const float* wb) {
   const size_t H = s.H, K = Cell::kDz * H;
   float* dh = s.d_state + (size_t)u * 16 * NP;
-  __m512 acc[MR][4];
+  V acc[MR][4];
   for (int m = 0; m < MR; ++m) {
-    for (int p = 0; p < NP; ++p) acc[m][p] = Cell::kDirectDh ? load(dh + (r + m) * H + 16 * p) : _mm512_setzero_ps();
+    for (int p = 0; p < NP; ++p) acc[m][p] = Cell::kDirectDh ? load(dh + (r + m) * H + 16 * p) : zero();
   }
   staged_tile<MR, NP>(s.g, r, 0, K, wb + u * K * 16 * NP, acc);
   for (int m = 0; m < MR; ++m) {
@@ -557,21 +640,21 @@ void backward_matmul_rows(const BackStep& s, int u, int r, const float* wb) {
 // b_of(s) + r ldb.
 template <int MR, int NV, typename AOf, typename BOf>
 inline void weight_tile(int s0, int s1, int B, AOf a_of, BOf b_of, size_t ldb, float* c, size_t ldc) {
-  __m512 acc[MR][NV];
+  V acc[MR][NV];
   for (int i = 0; i < MR; ++i) for (int v = 0; v < NV; ++v) acc[i][v] = load(c + i * ldc + 16 * v);
   for (int s = s0; s < s1; ++s) {
     const float* b = b_of(s);
     const float* a[NV];
     for (int v = 0; v < NV; ++v) a[v] = a_of(s, v);
     for (int r = 0; r < B; ++r, b += ldb) {
-      __m512 av[NV];
+      V av[NV];
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) av[v] = load(a[v] + 64 * r);
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
-        const __m512 bi = _mm512_set1_ps(b[i]);
+        const V bi = splat(b[i]);
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(bi, av[v], acc[i][v]);
+        for (int v = 0; v < NV; ++v) acc[i][v] = fmadd(bi, av[v], acc[i][v]);
       }
     }
   }
@@ -588,7 +671,8 @@ template <typename Cell>
 ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> states,
                     ffi::Buffer<ffi::F32> state0, ffi::Buffer<ffi::F32> d_out, ffi::Buffer<ffi::F32> d_state_n,
                     ffi::Buffer<ffi::F32> valid, ffi::Buffer<ffi::F32> wb, ffi::Buffer<ffi::F32> x,
-                    ffi::Buffer<ffi::F32> wbi, bool reverse, int64_t threads, ffi::ResultBuffer<ffi::F32> d_wih_out,
+                    ffi::Buffer<ffi::F32> wbi, bool reverse, int64_t units, int64_t threads,
+                    ffi::ResultBuffer<ffi::F32> d_wih_out,
                     ffi::ResultBuffer<ffi::F32> d_whh_out, ffi::ResultBuffer<ffi::F32> d_bias_out,
                     ffi::ResultBuffer<ffi::F32> dx_out, ffi::ResultBuffer<ffi::F32> d_state0) {
   auto dims = d_out.dimensions();
@@ -601,13 +685,13 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
   const int64_t Ip = x_dims.size() == 3 ? (x_dims[2] + 15) / 16 * 16 : 0;
   if (dims.size() != 3 || state_dims.size() != 3 || state_dims[0] != Cell::kStates || (W != 16 && W != 64) ||
       dims[2] % W != 0 || wb_dims[0] * W != dims[2] || state_dims[2] != dims[2] || state_dims[1] != dims[1] ||
-      x_dims.size() != 3 || x_dims[0] != dims[0] || x_dims[1] != dims[1] ||
+      x_dims.size() != 3 || x_dims[0] != dims[0] || x_dims[1] != dims[1] || units < 1 || units > dims[2] ||
       (input_grad && (wbi.element_count() != (int64_t)Cell::kDz * dims[2] * Ip || dx_dims.size() != 3 ||
                       dx_dims[2] != Ip))) {
     return ffi::Error::InvalidArgument(
         std::string("jaxrnn_") + Cell::kName +
         "_backward: expected d_out (T, B, H), state0 (S, B, H), wb (H/W, K, W) with W 16 or 64 dividing H, x (T, B, "
-        "I), and wbi (G H Ip) with dx (T, B, Ip), Ip = I rounded up to 16, or both empty");
+        "I), wbi (G H Ip) with dx (T, B, Ip), Ip = I rounded up to 16, or both empty, and units in [1, H]");
   }
   const int T = dims[0], B = dims[1], H = dims[2], U = H / W, I = x_dims[2];
   const size_t state = (size_t)Cell::kStates * B * H, GH = (size_t)Cell::kDz * H;
@@ -625,8 +709,9 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
   constexpr int C = 8;
   const size_t stage_step = (size_t)B * staged_cols;
   // The tiles of x_t and h_{t-1} rows below (the scratch holds both): see pack_operands.
-  const int tiles_x = (I + 5) / 6, tiles_h = (H + 5) / 6;
-  const size_t tile_floats = (size_t)C * B * 6;
+  constexpr int N6 = kTileRows;  // columns per operand tile: the weight tiles' rows
+  const int tiles_x = (I + N6 - 1) / N6, tiles_h = (H + N6 - 1) / N6;
+  const size_t tile_floats = (size_t)C * B * N6;
   auto scratch = std::make_shared<std::vector<float>>(C * stage_step + (tiles_x + tiles_h) * tile_floats);
   float* stage_p = scratch->data();
   float* operands_p = stage_p + C * stage_step;
@@ -640,6 +725,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
     StateIndex at = time_of(back_step);
     return BackStep{B,
                     H,
+                    (int)units,
                     Cell::kZ ? z_p + (size_t)at.t * B * Cell::kZ * H : nullptr,
                     prev_of(back_step),
                     states_p + at.t * state,
@@ -656,12 +742,11 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
     const float* hs = prev_of(back_step);
     for (int j = u; j < tiles_x + tiles_h; j += U) {
       const bool is_x = j < tiles_x;
-      const int n0 = 6 * (is_x ? j : j - tiles_x), n = std::min(6, (is_x ? I : H) - n0);
+      const int n0 = N6 * (is_x ? j : j - tiles_x), n = std::min(N6, (is_x ? I : H) - n0);
       const size_t ld = is_x ? I : H;
       const float* src = (is_x ? xs : hs) + n0;
-      float* dst = operands_p + j * tile_floats + (size_t)(back_step % C) * B * 6;
-      const __mmask8 lanes = (__mmask8)((1u << n) - 1);
-      for (int r = 0; r < B; ++r) _mm256_mask_storeu_ps(dst + 6 * r, lanes, _mm256_maskz_loadu_ps(lanes, src + r * ld));
+      float* dst = operands_p + j * tile_floats + (size_t)(back_step % C) * B * N6;
+      for (int r = 0; r < B; ++r) std::memcpy(dst + N6 * r, src + r * ld, n * sizeof(float));
     }
   };
   // The staged column of gradient column m of the input projection (ih) or the recurrent one (hh):
@@ -683,10 +768,10 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
           std::memcpy(bias, bias - GH, 16 * nv * sizeof(float));
         } else {
           for (int v = 0; v < nv; ++v) {  // the bias gradient: the rows' sum
-            __m512 sum = load(bias + 16 * v);
+            V sum = load(bias + 16 * v);
             for (int s = first; s < last; ++s) {
               const float* a = a_of(s, v);
-              for (int r = 0; r < B; ++r) sum = _mm512_add_ps(sum, load(a + 64 * r));
+              for (int r = 0; r < B; ++r) sum = add(sum, load(a + 64 * r));
             }
             store(bias + 16 * v, sum);
           }
@@ -695,10 +780,10 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
         float* c = (ih ? d_wih : d_whh) + 64 * chunk;
         auto over_n = [&](auto nvc) {
           constexpr int NV = decltype(nvc)::value;
-          for_row_tiles_greedy<6>(N, [&](auto mr, int n0) {
-            const float* tile = operands_p + (size_t)((ih ? 0 : tiles_x) + n0 / 6) * tile_floats;
-            auto b_of = [&](int s) { return tile + (size_t)(s % C) * B * 6; };
-            weight_tile<decltype(mr)::value, NV>(first, last, B, a_of, b_of, 6, c + n0 * GH, GH);
+          for_row_tiles_greedy<N6>(N, [&](auto mr, int n0) {
+            const float* tile = operands_p + (size_t)((ih ? 0 : tiles_x) + n0 / N6) * tile_floats;
+            auto b_of = [&](int s) { return tile + (size_t)(s % C) * B * N6; };
+            weight_tile<decltype(mr)::value, NV>(first, last, B, a_of, b_of, N6, c + n0 * GH, GH);
           });
         };
         with_constant<4>(nv, over_n);
@@ -711,7 +796,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
     for (int s = first; s < last; ++s) {
       const Staged g = staged(s);
       const int t = time_of(s).t;
-      for_row_tiles_greedy<6>(B, [&](auto mr, int r) {
+      for_row_tiles_greedy<kTileRows>(B, [&](auto mr, int r) {
         constexpr int MR = decltype(mr)::value;
         for (int p = 0; p < panels; ++p, ++item) {
           if (item % U != u) continue;
@@ -720,8 +805,8 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
           float* out = dx + ((size_t)t * B + r) * Ip + 64 * p;
           auto run = [&](auto npc) {
             constexpr int NP = decltype(npc)::value;
-            __m512 acc[MR][4];
-            for (int m = 0; m < MR; ++m) for (int q = 0; q < NP; ++q) acc[m][q] = _mm512_setzero_ps();
+            V acc[MR][4];
+            for (int m = 0; m < MR; ++m) for (int q = 0; q < NP; ++q) acc[m][q] = zero();
             if (Cell::kDx) {  // GRU: the r, z rows from dz, the n rows from the staged d(W_in x + b_in)
               staged_tile<MR, NP>(g, r, 0, 2 * H, w, acc);
               staged_tile<MR, NP>(g, r, 3 * H, 4 * H, w + (size_t)2 * H * 16 * NP, acc);
@@ -745,9 +830,9 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
       for (int sub = 0; sub < W / 16; ++sub) GradOf<Cell>::type::gates(s, u * (W / 16) + sub);
       pack_operands(first + within / 2, u);
     } else if (W == 64) {
-      for_row_tiles_greedy<6>(B, [&](auto mr, int r) { backward_matmul_rows<Cell, decltype(mr)::value, 4>(s, u, r, wb_p); });
+      for_row_tiles_greedy<kTileRows>(B, [&](auto mr, int r) { backward_matmul_rows<Cell, decltype(mr)::value, 4>(s, u, r, wb_p); });
     } else {
-      for_row_tiles_greedy<8>(B, [&](auto mr, int r) { backward_matmul_rows<Cell, decltype(mr)::value, 1>(s, u, r, wb_p); });
+      for_row_tiles_greedy<kTileRowsNarrow>(B, [&](auto mr, int r) { backward_matmul_rows<Cell, decltype(mr)::value, 1>(s, u, r, wb_p); });
     }
   };
   RunPhases(pool, threads, std::make_shared<Phases>(2 * T + groups, U, run), scratch);
@@ -766,6 +851,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
       .Arg<ffi::Buffer<ffi::F32>>() /* state0 */    \
       .Arg<ffi::Buffer<ffi::F32>>() /* valid */     \
       .Attr<bool>("reverse")                        \
+      .Attr<int64_t>("units")                       \
       .Attr<int64_t>("threads")
 
 #define JAXRNN_BACKWARD_ARGS                        \
@@ -781,6 +867,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
       .Arg<ffi::Buffer<ffi::F32>>() /* x */         \
       .Arg<ffi::Buffer<ffi::F32>>() /* wbi */       \
       .Attr<bool>("reverse")                        \
+      .Attr<int64_t>("units")                       \
       .Attr<int64_t>("threads")                     \
       .Ret<ffi::Buffer<ffi::F32>>() /* d_wih_t */   \
       .Ret<ffi::Buffer<ffi::F32>>() /* d_whh_t */   \
