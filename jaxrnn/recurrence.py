@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero, custom_vjp_primal_tree_values
 
+from jaxrnn import backend
 from jaxrnn.cells import State, Weights, _Cell, project_input
 from jaxrnn.kernels import cpu
 
@@ -27,15 +28,6 @@ def _transposed(weights: Weights) -> tuple[Array, Array]:
     fly (LSTM, batch 32, hidden 256, jax 0.10.2).
     """
     return weights["weight_ih"].T, weights["weight_hh"].T
-
-
-CPU_KERNEL_MODES = ("auto", "never", "always")
-
-
-def check_cpu_kernel(owner: str, value: str) -> None:
-    """Raises unless ``value`` is one of :data:`CPU_KERNEL_MODES`; ``owner`` names the module in the message."""
-    if value not in CPU_KERNEL_MODES:
-        raise ValueError(f"{owner}: cpu_kernel must be 'auto', 'never' or 'always', got {value!r}.")
 
 
 def _add_bias(y: Array, bias: Array | None) -> Array:
@@ -70,12 +62,11 @@ class Recurrence(nn.Module):
         cuDNN does. Reverse-mode only (``jax.grad``/``vjp``, not ``jvp``).
         Otherwise the forward loop is ``nn.scan`` and JAX derives the backward.
       cpu_kernel: ``"auto"`` runs the loop in jaxrnn's hand-written CPU kernel
-        (:mod:`jaxrnn.kernels.cpu`, all three cells) where it applies: CPU
-        backend, float32, any ``hidden_size`` (zero-padded inside), no
-        ``proj_size``, no ``record_states``, and the kernel builds on this
-        machine; otherwise the XLA loop. ``"never"`` always uses the XLA loop; ``"always"`` raises where
-        the kernel does not apply. Its backward loop is a kernel too; reverse-mode
-        only (``jax.grad``/``vjp``, not ``jvp``); ``cpu_kernel='never'`` for ``jvp``.
+        (:mod:`jaxrnn.kernels.cpu`, all three cells, forward and backward) where
+        it applies, else the XLA loop; ``"never"`` always runs the XLA loop;
+        ``"always"`` raises where the kernel does not apply. The rules (CPU,
+        float32, no ``proj_size``, no XLA-loop option, not under ``jax.jvp``, ...)
+        are :func:`jaxrnn.backend.choose`'s; both give the same results.
       record_states: also store every step's state (``h``, and ``c`` for LSTM),
         each ``(L, N, ·)``, with ``self.sow('intermediates', 'states', ...)``. On
         padded steps that is the carried, unchanged state.
@@ -101,7 +92,9 @@ class Recurrence(nn.Module):
 
     @nn.compact
     def __call__(self, weights: Weights, x: Array, state: State, mask: Array | None) -> tuple[State, Array]:
-        if self._use_cpu_kernel(weights, x):
+        if mask is not None:  # padding never enters the cell: NaN there cannot reach a gradient (as in torch)
+            x = jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
+        if self.backend(weights, x, state).kernel:
             return _kernel_scan(kernel_kind(self.cell), self.reverse)(weights, x, state, mask)
         if self.fused_backward and not self.record_states:
             scan = _fused_scan(self.cell, self.reverse, self.unroll, self.hoist_input_projection)
@@ -133,25 +126,20 @@ class Recurrence(nn.Module):
         self.sow("intermediates", "states", states)
         return final, outputs
 
-    def _use_cpu_kernel(self, weights: Weights, x: Array) -> bool:
-        check_cpu_kernel(type(self).__name__, self.cpu_kernel)
-        if self.cpu_kernel == "never":
-            return False
-        applies = (
-            not self.record_states
-            and x.shape[0] > 0
-            and weights["weight_hh"].dtype == jnp.float32
-            and cpu.supported(proj_size=weights["weight_hr"] is not None, dtype=x.dtype)
+    def backend(self, weights: Weights, x: Array, state: State) -> backend.Choice:
+        """Which loop runs this call (:func:`jaxrnn.backend.choose`), from the traced arrays."""
+        return backend.choose(
+            kernel_kind(self.cell),
+            cpu_kernel=self.cpu_kernel,
+            dtype=jnp.result_type(x.dtype, weights["weight_hh"].dtype),
+            proj_size=0 if weights["weight_hr"] is None else weights["weight_hr"].shape[0],
+            record_states=self.record_states,
+            unroll=self.unroll,
+            hoist_input_projection=self.hoist_input_projection,
+            fused_backward=self.fused_backward,
+            steps=x.shape[0],
+            forward_mode=backend.forward_mode(weights, x, state),
         )
-        if self.cpu_kernel == "always" and not applies:
-            cell = self.cell
-            raise ValueError(
-                "cpu_kernel='always': the CPU kernel runs float32 layers without proj_size or record_states, "
-                f"on the CPU backend ({type(cell).__name__}, hidden_size={cell.hidden_size}, "
-                f"proj_size={getattr(cell, 'proj_size', 0)}, dtype {x.dtype}, backend {jax.default_backend()}; "
-                f"kernel: {cpu.unavailable_reason() or 'available'})."
-            )
-        return applies
 
 
 def kernel_kind(cell: _Cell) -> str:

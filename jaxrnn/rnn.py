@@ -1,18 +1,26 @@
 """Multi-layer, optionally bidirectional ``RNN``, ``LSTM`` and ``GRU`` with PyTorch's semantics.
 
-Each module takes the constructor arguments of its ``torch.nn`` twin and
-returns what it returns::
+Each module takes the constructor arguments of its ``torch.nn`` twin, in
+torch's order (positionally or by keyword), and returns what it returns::
 
-    output, h_n = module.apply(variables, x, h_0=None, seq_lengths=None,
+    RNN(input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True,
+        batch_first=False, dropout=0.0, bidirectional=False)
+    LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+         dropout=0.0, bidirectional=False, proj_size=0)
+    GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+        dropout=0.0, bidirectional=False)
+
+    output, h_n = module.apply(variables, x, hx=None, seq_lengths=None,
                                deterministic=True, rngs={'dropout': key})
 
-(``LSTM``: ``h_0`` and the returned state are ``(h, c)`` tuples.)
+(``LSTM``: ``hx`` and the returned state are ``(h, c)`` tuples.) The
+JAX-only options (``param_dtype``, ``cpu_kernel``, ...) are keyword-only.
 
 Shapes, with ``D = 2`` if bidirectional else 1, ``P = proj_size or hidden_size``::
 
     x         (L, N, H_in), (N, L, H_in) if batch_first, or unbatched (L, H_in)
     output    (L, N, D*P),  (N, L, D*P) if batch_first, or (L, D*P)
-    h_0, h_n  (D*num_layers, N, P), or (D*num_layers, P) unbatched
+    hx, h_n   (D*num_layers, N, P), or (D*num_layers, P) unbatched
     c_0, c_n  (D*num_layers, N, hidden_size)             LSTM only
     seq_lengths (N,) ints in [0, L]
 
@@ -24,7 +32,9 @@ with the same shapes, so import and export are renames of nothing.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import numbers
+import warnings
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -40,7 +50,8 @@ from jaxrnn.cells import (
     declare_weights,
 )
 from jaxrnn.padding import check_seq_lengths, lengths_to_mask
-from jaxrnn.recurrence import Recurrence, check_cpu_kernel
+from jaxrnn.backend import check_cpu_kernel
+from jaxrnn.recurrence import Recurrence
 
 Array = jax.Array
 
@@ -48,9 +59,10 @@ Array = jax.Array
 class _StackedRecurrent(nn.Module):
     """The stacking, directions, lengths, states and dropout shared by ``RNN``, ``LSTM`` and ``GRU``.
 
-    Fields in torch's order: ``input_size`` (optional, checked when given),
-    ``hidden_size``, ``num_layers``, ``bias``, ``batch_first``, ``dropout``,
-    ``bidirectional``; then the keyword-only JAX options ``param_dtype``,
+    Fields ``input_size`` (optional, checked when given), ``hidden_size`` and
+    ``num_layers`` here; each layer declares the rest in torch's order (``bias``,
+    ``batch_first``, ``dropout``, ``bidirectional``, and RNN's ``nonlinearity``
+    before them, LSTM's ``proj_size`` after them); then the keyword-only JAX options ``param_dtype``,
     ``unroll`` (``nn.scan`` unroll) and ``hoist_input_projection`` (project the
     inputs of all steps in one matmul before the scan, as cuDNN does; off by
     default because on a 2-core CPU it measured 1.2-1.8x slower for LSTM/GRU at
@@ -65,10 +77,11 @@ class _StackedRecurrent(nn.Module):
     input_size: int | None = None
     hidden_size: int | None = None
     num_layers: int = 1
-    bias: bool = True
-    batch_first: bool = False
-    dropout: float = 0.0
-    bidirectional: bool = False
+    if TYPE_CHECKING:  # declared by each layer, in torch's order
+        bias: bool
+        batch_first: bool
+        dropout: float
+        bidirectional: bool
     param_dtype: Any = dataclasses.field(default=jnp.float32, kw_only=True)
     unroll: int = dataclasses.field(default=1, kw_only=True)
     hoist_input_projection: bool = dataclasses.field(default=False, kw_only=True)
@@ -82,16 +95,31 @@ class _StackedRecurrent(nn.Module):
         def positive_int(field: str, value: Any, allow_none: bool = False) -> None:
             if value is None and allow_none:
                 return
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name}: {field} must be a positive int, got {value!r}.")
+
+        def boolean(field: str, value: Any) -> None:
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}: {field} must be a bool, got {value!r}.")
 
         positive_int("hidden_size", self.hidden_size)
         positive_int("input_size", self.input_size, allow_none=True)
         positive_int("num_layers", self.num_layers)
+        for field in ("bias", "batch_first", "bidirectional"):
+            boolean(field, getattr(self, field))
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real) or not 0 <= self.dropout <= 1:
+            raise ValueError(f"{name}: dropout must be a number in [0, 1], got {self.dropout!r}.")
+        if self.dropout > 0 and self.num_layers == 1:  # torch warns the same
+            warnings.warn(
+                f"{name}: dropout acts between recurrent layers, so dropout={self.dropout} with num_layers=1 "
+                "does nothing.",
+                UserWarning,
+                stacklevel=3,
+            )
         positive_int("unroll", self.unroll)
+        for field in ("hoist_input_projection", "fused_backward", "record_states"):
+            boolean(field, getattr(self, field))
         check_cpu_kernel(name, self.cpu_kernel)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"{name}: dropout must be a number in [0, 1), got {self.dropout!r}.")
         super().__post_init__()
 
     @property
@@ -102,9 +130,9 @@ class _StackedRecurrent(nn.Module):
         """The cell this stack scans (one definition shared by every layer and direction)."""
         raise NotImplementedError
 
-    def _split_h0(self, h_0: Any) -> tuple[Array, ...] | None:
-        """``h_0`` as given by the user -> tuple of stacked states, e.g. ``(h_0,)`` or ``(h_0, c_0)``."""
-        return None if h_0 is None else (h_0,)
+    def _split_hx(self, hx: Any) -> tuple[Array, ...] | None:
+        """``hx`` as given by the user -> tuple of stacked states, e.g. ``(h_0,)`` or ``(h_0, c_0)``."""
+        return None if hx is None else (hx,)
 
     def _join_state(self, states: tuple[Array, ...]) -> Any:
         """Tuple of stacked final states -> what the user gets back (``h_n`` or ``(h_n, c_n)``)."""
@@ -114,11 +142,24 @@ class _StackedRecurrent(nn.Module):
     def __call__(
         self,
         x: Array,
-        h_0: Any = None,
+        hx: Any = None,
         seq_lengths: Array | None = None,
         deterministic: bool = True,
+        *,
+        h_0: Any = None,
     ) -> tuple[Array, Any]:
+        """Runs the stack: ``(x, hx) -> (output, h_n)`` (see the module docstring for shapes).
+
+        ``hx`` is the initial state (torch's name, positional or keyword): ``h_0``, or ``(h_0, c_0)`` for
+        LSTM; zeros when None. ``h_0=`` is a deprecated alias of ``hx``.
+        """
         name = type(self).__name__
+        if h_0 is not None:
+            if hx is not None:
+                raise ValueError(f"{name}: pass the initial state once, as hx (h_0 is its deprecated alias).")
+            warnings.warn(f"{name}: h_0= is deprecated; pass the initial state as hx, as torch does.",
+                          DeprecationWarning, stacklevel=2)
+            hx = h_0
         x = jnp.asarray(x)
         if x.ndim not in (2, 3):
             layout = "(N, L, H_in)" if self.batch_first else "(L, N, H_in)"
@@ -142,7 +183,7 @@ class _StackedRecurrent(nn.Module):
         cell = self.make_cell()
         D = self.num_directions
         stack_size = D * self.num_layers
-        initial = self._initial_state(cell, h_0, stack_size, batch, batched, dtype)
+        initial = self._initial_state(cell, hx, stack_size, batch, batched, dtype)
         mask = None
         if seq_lengths is not None:
             lengths = check_seq_lengths(name, seq_lengths, batch, length)
@@ -193,14 +234,14 @@ class _StackedRecurrent(nn.Module):
         return output, self._join_state(stacked)
 
     def _initial_state(
-        self, cell: _Cell, h_0: Any, stack_size: int, batch: int, batched: bool, dtype: Any
+        self, cell: _Cell, hx: Any, stack_size: int, batch: int, batched: bool, dtype: Any
     ) -> tuple[Array, ...]:
-        """Validated initial states, each ``(D*num_layers, N, ·)``; zeros when ``h_0`` is None."""
+        """Validated initial states, each ``(D*num_layers, N, ·)``; zeros when ``hx`` is None."""
         zeros = cell.zero_state((stack_size, batch), dtype)
-        given = self._split_h0(h_0)
+        given = self._split_hx(hx)
         if given is None:
             return zeros
-        names = ("h_0", "c_0")
+        names = ("hx[0] (h_0)", "hx[1] (c_0)") if len(given) == 2 else ("hx",)
         states = []
         for state_name, zero, s in zip(names, zeros, given):
             s = jnp.asarray(s)
@@ -214,12 +255,17 @@ class _StackedRecurrent(nn.Module):
 class RNN(_StackedRecurrent):
     """Elman RNN, as ``torch.nn.RNN``: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
 
-    ``nonlinearity`` is ``'tanh'`` (default) or ``'relu'``. Pass it by keyword:
-    in torch it is the fourth positional argument, here it follows the shared ones.
+    ``RNN(input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True, batch_first=False,
+    dropout=0.0, bidirectional=False)``, positionally as in torch: ``RNN(4, 8, 2, 'relu')`` is a
+    two-layer ReLU RNN. ``nonlinearity`` is ``'tanh'`` or ``'relu'``.
     See the module docstring of :mod:`jaxrnn.rnn` for the call and shapes.
     """
 
     nonlinearity: str = "tanh"
+    bias: bool = True
+    batch_first: bool = False
+    dropout: float = 0.0
+    bidirectional: bool = False
 
     def __post_init__(self) -> None:
         if self.nonlinearity not in ("tanh", "relu"):
@@ -237,8 +283,15 @@ class LSTM(_StackedRecurrent):
     or hidden_size`` features, ``c`` keeps ``hidden_size``. With ``proj_size > 0``
     each layer has ``weight_hr_l{k}`` ``(proj_size, hidden_size)`` and ``output``
     carries ``D*proj_size`` features. See :mod:`jaxrnn.rnn` for the call and shapes.
+
+    ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+    bidirectional=False, proj_size=0)``, positionally as in torch.
     """
 
+    bias: bool = True
+    batch_first: bool = False
+    dropout: float = 0.0
+    bidirectional: bool = False
     proj_size: int = 0
 
     def __post_init__(self) -> None:
@@ -254,12 +307,12 @@ class LSTM(_StackedRecurrent):
     def make_cell(self) -> _Cell:
         return LSTMCell(hidden_size=self.hidden_size, bias=self.bias, proj_size=self.proj_size, parent=None)
 
-    def _split_h0(self, h_0: Any) -> tuple[Array, ...] | None:
-        if h_0 is None:
+    def _split_hx(self, hx: Any) -> tuple[Array, ...] | None:
+        if hx is None:
             return None
-        if not isinstance(h_0, (tuple, list)) or len(h_0) != 2:
-            raise ValueError(f"LSTM: h_0 must be a tuple (h_0, c_0), got {type(h_0).__name__}.")
-        return tuple(h_0)
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise ValueError(f"LSTM: hx must be a tuple (h_0, c_0), got {type(hx).__name__}.")
+        return tuple(hx)
 
     def _join_state(self, states: tuple[Array, ...]) -> tuple[Array, Array]:
         return states[0], states[1]
@@ -269,7 +322,15 @@ class GRU(_StackedRecurrent):
     """GRU, as ``torch.nn.GRU`` (gates r, z, n; ``b_hn`` inside the reset product).
 
     See :class:`jaxrnn.GRUCell` for the equations and :mod:`jaxrnn.rnn` for the call and shapes.
+
+    ``GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+    bidirectional=False)``, positionally as in torch.
     """
+
+    bias: bool = True
+    batch_first: bool = False
+    dropout: float = 0.0
+    bidirectional: bool = False
 
     def make_cell(self) -> _Cell:
         return GRUCell(hidden_size=self.hidden_size, bias=self.bias, parent=None)

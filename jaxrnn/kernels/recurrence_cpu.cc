@@ -54,10 +54,12 @@ namespace {
 
 // ---- the instruction-set layer ----------------------------------------------------------------
 // Everything below this section is written against V (16 float lanes), VI (16 int32 lanes) and the
-// functions here; nothing else names an instruction set. V is a GCC vector type: the compiler maps it
-// onto the target's registers (one zmm with AVX-512, two ymm with AVX2, four xmm or NEON registers
+// functions and operators here; nothing else names an instruction set. V is kParts GCC vectors of the
+// target's native width (one zmm with AVX-512, two ymm with AVX2, four xmm or NEON registers
 // otherwise), so one source runs wherever g++ does, and jaxrnn.kernels.cpu picks the target with the
-// compile flags. Only the register tile sizes (kTileRows, kTileRowsNarrow) depend on the target.
+// compile flags. (A plain 64-byte GCC vector would do on AVX-512, but g++ lowers it through the stack
+// on narrower targets, 8x slower on AVX2.) The register tile sizes (kTileRows, kTileRowsNarrow)
+// depend on the target too.
 //
 // Non-finite values follow IEEE arithmetic and the rules of XLA's own loop, whatever the target:
 //   vmax(c, x) and vmin(c, x) return x when either is NaN (comparisons, never fmax/fmin, which drop
@@ -66,39 +68,64 @@ namespace {
 //   (subnormal in between, flushed to 0 where XLA's threads flush them), so sigmoid(-Inf) = 0,
 //   sigmoid(+Inf) = 1 and tanh(+-Inf) = +-1.
 
-typedef float V __attribute__((vector_size(64)));
-typedef int32_t VI __attribute__((vector_size(64)));
-constexpr int kLanes = 16;
-
 #if defined(__AVX512F__)
+constexpr int kNative = 16;
 // 6 x 4 and 8 x 1 tiles of V: 24 and 8 of the 32 zmm registers.
 constexpr int kTileRows = 6, kTileRowsNarrow = 8;
-#else
-// A V is two or more registers here: 2 x 4 V and 4 x 1 V.
+#elif defined(__AVX__)
+constexpr int kNative = 8;
+// 16 ymm registers: 2 x 4 and 4 x 1 tiles of V (16 and 8 registers).
 constexpr int kTileRows = 2, kTileRowsNarrow = 4;
+#else
+constexpr int kNative = 4;
+constexpr int kTileRows = 1, kTileRowsNarrow = 2;
 #endif
+constexpr int kLanes = 16, kParts = kLanes / kNative;
+typedef float NativeF __attribute__((vector_size(4 * kNative)));
+typedef int32_t NativeI __attribute__((vector_size(4 * kNative)));
+
+struct V {  // 16 floats
+  NativeF part[kParts];
+};
+struct VI {  // 16 int32; as a mask, each lane all ones (true) or zero
+  NativeI part[kParts];
+};
 
 #define JAXRNN_INLINE [[gnu::always_inline]] inline
+#define JAXRNN_PARTWISE(R, expr) \
+  R r;                           \
+  for (int i = 0; i < kParts; ++i) r.part[i] = (expr);  \
+  return r
 
-JAXRNN_INLINE V load(const float* p) {
-  V v;
-  __builtin_memcpy(&v, p, sizeof v);  // unaligned
-  return v;
+JAXRNN_INLINE V operator+(V a, V b) { JAXRNN_PARTWISE(V, a.part[i] + b.part[i]); }
+JAXRNN_INLINE V operator-(V a, V b) { JAXRNN_PARTWISE(V, a.part[i] - b.part[i]); }
+JAXRNN_INLINE V operator*(V a, V b) { JAXRNN_PARTWISE(V, a.part[i] * b.part[i]); }
+JAXRNN_INLINE V operator/(V a, V b) { JAXRNN_PARTWISE(V, a.part[i] / b.part[i]); }
+JAXRNN_INLINE VI operator<(V a, V b) { JAXRNN_PARTWISE(VI, a.part[i] < b.part[i]); }
+JAXRNN_INLINE VI operator>(V a, V b) { JAXRNN_PARTWISE(VI, a.part[i] > b.part[i]); }
+JAXRNN_INLINE V select(VI mask, V a, V b) { JAXRNN_PARTWISE(V, mask.part[i] ? a.part[i] : b.part[i]); }
+JAXRNN_INLINE VI as_int(V a) { JAXRNN_PARTWISE(VI, (NativeI)a.part[i]); }
+JAXRNN_INLINE V as_float(VI a) { JAXRNN_PARTWISE(V, (NativeF)a.part[i]); }
+JAXRNN_INLINE VI to_int(V a) { JAXRNN_PARTWISE(VI, __builtin_convertvector(a.part[i], NativeI)); }
+
+// Unaligned, part by part (a memcpy of the whole struct goes through the stack on AVX2).
+typedef float NativeFu __attribute__((vector_size(4 * kNative), aligned(4), may_alias));
+JAXRNN_INLINE V load(const float* p) { JAXRNN_PARTWISE(V, *(const NativeFu*)(p + i * kNative)); }
+JAXRNN_INLINE void store(float* p, V v) {
+  for (int i = 0; i < kParts; ++i) *(NativeFu*)(p + i * kNative) = v.part[i];
 }
-JAXRNN_INLINE void store(float* p, V v) { __builtin_memcpy(p, &v, sizeof v); }
-JAXRNN_INLINE V splat(float a) { return V{} + a; }
-JAXRNN_INLINE V zero() { return V{}; }
+JAXRNN_INLINE V splat(float a) { JAXRNN_PARTWISE(V, NativeF{} + a); }
+JAXRNN_INLINE V zero() { return splat(0.0f); }
 JAXRNN_INLINE V one() { return splat(1.0f); }
 JAXRNN_INLINE V add(V a, V b) { return a + b; }
 JAXRNN_INLINE V sub(V a, V b) { return a - b; }
 JAXRNN_INLINE V mul(V a, V b) { return a * b; }
-JAXRNN_INLINE V fmadd(V a, V b, V c) { return a * b + c; }   // one FMA where the target has it
+JAXRNN_INLINE V fmadd(V a, V b, V c) { return a * b + c; }  // one FMA where the target has it
 JAXRNN_INLINE V fnmadd(V a, V b, V c) { return c - a * b; }  // likewise
-JAXRNN_INLINE V vmax(V a, V b) { return a > b ? a : b; }     // b if either is NaN
-JAXRNN_INLINE V vmin(V a, V b) { return a < b ? a : b; }     // b if either is NaN
-JAXRNN_INLINE V select(VI mask, V a, V b) { return mask ? a : b; }
-JAXRNN_INLINE V bits_and(V a, int32_t m) { return (V)((VI)a & m); }
-JAXRNN_INLINE V bits_or(V a, V b) { return (V)((VI)a | (VI)b); }
+JAXRNN_INLINE V vmax(V a, V b) { return select(a > b, a, b); }  // b if either is NaN
+JAXRNN_INLINE V vmin(V a, V b) { return select(a < b, a, b); }  // b if either is NaN
+JAXRNN_INLINE V bits_and(V a, int32_t m) { JAXRNN_PARTWISE(V, (NativeF)((NativeI)a.part[i] & m)); }
+JAXRNN_INLINE V bits_or(V a, V b) { JAXRNN_PARTWISE(V, (NativeF)((NativeI)a.part[i] | (NativeI)b.part[i])); }
 JAXRNN_INLINE V vabs(V x) { return bits_and(x, 0x7fffffff); }
 // Round to the nearest integer (ties to even) for |x| < 2^22; NaN stays NaN.
 JAXRNN_INLINE V round_nearest(V x) {
@@ -106,11 +133,15 @@ JAXRNN_INLINE V round_nearest(V x) {
   return (x + magic) - magic;
 }
 // 2^n for integral n in [-126, 127], from the exponent bits.
-JAXRNN_INLINE V pow2(V n) { return (V)((__builtin_convertvector(n, VI) + 127) << 23); }
+JAXRNN_INLINE V pow2(V n) {
+  const VI e = to_int(n);
+  JAXRNN_PARTWISE(V, (NativeF)((e.part[i] + 127) << 23));
+}
 // Lanes [0, n) true, the others false (n may be <= 0 or >= 16).
 JAXRNN_INLINE VI lanes_below(int n) {
-  const VI lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-  return lane < n;
+  static const int32_t lane[kLanes] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  typedef int32_t NativeIu __attribute__((vector_size(4 * kNative), aligned(4), may_alias));
+  JAXRNN_PARTWISE(VI, *(const NativeIu*)(lane + i * kNative) < n);
 }
 // Keeps lanes [0, n) of v and zeroes the others.
 JAXRNN_INLINE V keep_lanes(V v, int n) { return n >= kLanes ? v : select(lanes_below(n), v, zero()); }
