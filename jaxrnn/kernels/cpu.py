@@ -406,7 +406,8 @@ def _forward(kind_name, train, x, weight_ih, weight_hh, bias_ih, bias_hh, state0
     )
     if train:  # states and z stay padded: they go back into backward() as they are
         states, z = out
-        return states[:, 0, :, :hidden] * valid[..., None], states, z
+        # where, not a product with valid: an Inf state carried through padding must give 0 there, not NaN
+        return jnp.where(valid[..., None] > 0.5, states[:, 0, :, :hidden], 0.0), states, z
     return out[0][..., :hidden], tuple(s[..., :hidden] for s in out[1])
 
 
@@ -456,7 +457,7 @@ def forward_train(
     """:func:`forward` that also keeps what :func:`backward` needs.
 
     Returns ``(outputs, states, z)``: outputs ``(T, B, H)``, the states' ``h`` zeroed on padding (not
-    written by the kernel: XLA fuses the product into what reads it); ``states`` ``(T, S, B, Hp)``, the state after
+    written by the kernel: XLA fuses the select into what reads it); ``states`` ``(T, S, B, Hp)``, the state after
     every step (carried through padding; ``S`` = 2 for LSTM's ``h, c``, else 1); ``z``
     ``(T, B, Z Hp)``, the gate values (LSTM: ``i, f, g, o``; GRU: ``r``, ``z``, ``W_hn h + b_hn``, ``n``;
     RNN: none, ``Z = 0``). ``Hp`` is ``H`` rounded up to the kind's block
