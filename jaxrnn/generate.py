@@ -62,8 +62,14 @@ def generate(
     The prompt is run once to prime the state; then each step feeds the chosen
     token back in (greedy argmax, or sampling with ``temperature`` and optional
     ``top_k``). The loop is a ``lax.scan`` inside one ``jit``. Returns the new
-    ids ``(num_tokens,)``, without the prompt.
+    ids ``(num_tokens,)``, without the prompt. A bidirectional model is refused
+    (``ValueError``): it cannot generate autoregressively.
     """
+    if getattr(model, "bidirectional", False):
+        raise ValueError(
+            f"generate: {type(model).__name__} is bidirectional; generation feeds each token back in one at a "
+            "time, so it needs a unidirectional model (a bidirectional one saw the future while training)."
+        )
     prompt = jnp.asarray(prompt)
     if prompt.ndim != 1 or prompt.shape[0] < 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
         raise ValueError(f"generate: prompt must be a non-empty 1-D array of ids, got {prompt.dtype}{prompt.shape}.")

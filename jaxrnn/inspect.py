@@ -16,7 +16,7 @@ def step_states(
     module: _StackedRecurrent,
     variables: Any,
     x: Array,
-    h_0: Any = None,
+    hx: Any = None,
     seq_lengths: Array | None = None,
 ) -> dict[str, Array]:
     """Runs ``module`` (an ``RNN``, ``LSTM`` or ``GRU``) and returns the state of every layer at every step.
@@ -27,13 +27,13 @@ def step_states(
     ``batch_first`` says (batch_first only moves ``N`` and ``L`` of the
     input). Unbatched input gives ``N = 1``. On steps past a sequence's length
     (``seq_lengths``) the state is the carried one: the last valid state for the
-    forward direction, ``h_0`` for the reverse one. Also returns ``'output'``,
+    forward direction, the initial state for the reverse one. Also returns ``'output'``,
     the module's ordinary output from the same run. Recording runs on XLA's
     loop (``cpu_kernel`` does not apply), so in float32 these can differ from
     a call that runs in the CPU kernel by rounding, about 1e-7.
     """
     recording = module.clone(record_states=True)
-    (output, _), collections = recording.apply(variables, x, h_0, seq_lengths=seq_lengths, mutable=["intermediates"])
+    (output, _), collections = recording.apply(variables, x, hx, seq_lengths=seq_lengths, mutable=["intermediates"])
     intermediates = collections["intermediates"]
     D = 2 if module.bidirectional else 1
     per_layer = []

@@ -5,11 +5,13 @@ or one-hot encode them (``embedding_size=None``, the course's way), run a
 ``jaxrnn`` RNN/LSTM/GRU stack, and finish with ``nn.Dense``. Submodules are
 named ``embed``, ``rnn`` and ``fc``, like the usual torch attributes, so
 ``interop.load_state_dict`` ports the torch twin directly. All accept
-``seq_lengths`` ``(N,)``.
+``seq_lengths`` ``(N,)``, and ``cpu_kernel`` (keyword), which they pass to the
+recurrent layer (:mod:`jaxrnn.backend`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -40,6 +42,7 @@ class _Recurrent(nn.Module):
     dropout: float = 0.0
     bidirectional: bool = False
     nonlinearity: str = "tanh"
+    cpu_kernel: str = dataclasses.field(default="auto", kw_only=True)  # the recurrent layer's, see jaxrnn.backend
 
     def zero_state(self, batch_size: int, dtype: Any = jnp.float32) -> Any:
         """The all-zero recurrent state for ``batch_size`` streams (``h``, or ``(h, c)`` for LSTM)."""
@@ -70,6 +73,7 @@ class _Recurrent(nn.Module):
             batch_first=True,
             dropout=self.dropout,
             bidirectional=self.bidirectional,
+            cpu_kernel=self.cpu_kernel,
             name="rnn",
             **options,
         )

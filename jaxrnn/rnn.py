@@ -40,6 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxrnn.backend import check_cpu_kernel
 from jaxrnn.cells import (
     GRUCell,
     LSTMCell,
@@ -50,7 +51,6 @@ from jaxrnn.cells import (
     declare_weights,
 )
 from jaxrnn.padding import check_seq_lengths, lengths_to_mask
-from jaxrnn.backend import check_cpu_kernel
 from jaxrnn.recurrence import Recurrence
 
 Array = jax.Array
@@ -157,8 +157,11 @@ class _StackedRecurrent(nn.Module):
         if h_0 is not None:
             if hx is not None:
                 raise ValueError(f"{name}: pass the initial state once, as hx (h_0 is its deprecated alias).")
-            warnings.warn(f"{name}: h_0= is deprecated; pass the initial state as hx, as torch does.",
-                          DeprecationWarning, stacklevel=2)
+            warnings.warn(
+                f"{name}: h_0= is deprecated; pass the initial state as hx, as torch does.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
             hx = h_0
         x = jnp.asarray(x)
         if x.ndim not in (2, 3):

@@ -16,8 +16,8 @@ KEY = jax.random.key(0)
         (lambda: jaxrnn.RNNCell(4, 8, nonlinearity="gelu"), "unknown nonlinearity 'gelu'"),
         (lambda: jaxrnn.LSTM(4, 8, proj_size=8), "proj_size must be smaller than hidden_size.*proj_size=8"),
         (lambda: jaxrnn.LSTM(4, 8, proj_size=-1), "proj_size must be a non-negative int"),
-        (lambda: jaxrnn.GRU(4, 8, dropout=1.0), r"dropout must be a number in \[0, 1\), got 1.0"),
-        (lambda: jaxrnn.GRU(4, 8, dropout=-0.1), r"dropout must be a number in \[0, 1\), got -0.1"),
+        (lambda: jaxrnn.GRU(4, 8, 2, dropout=1.5), r"dropout must be a number in \[0, 1\], got 1.5"),
+        (lambda: jaxrnn.GRU(4, 8, 2, dropout=-0.1), r"dropout must be a number in \[0, 1\], got -0.1"),
         (lambda: jaxrnn.LSTM(4), "hidden_size must be a positive int, got None"),
         (lambda: jaxrnn.LSTM(4, 0), "hidden_size must be a positive int, got 0"),
         (lambda: jaxrnn.RNN(4, 8, num_layers=0), "num_layers must be a positive int"),
@@ -57,9 +57,9 @@ def test_wrong_h0_shape():
     module = jaxrnn.RNN(4, 8, num_layers=2, bidirectional=True)
     x = jnp.ones((5, 3, 4))
     variables = module.init(KEY, x)
-    with pytest.raises(ValueError, match=r"expected h_0 of shape \(4, 3, 8\), got \(2, 3, 8\)"):
+    with pytest.raises(ValueError, match=r"expected hx of shape \(4, 3, 8\), got \(2, 3, 8\)"):
         module.apply(variables, x, jnp.zeros((2, 3, 8)))
-    with pytest.raises(ValueError, match=r"expected h_0 of shape \(4, 8\), got \(4, 3, 8\)"):
+    with pytest.raises(ValueError, match=r"expected hx of shape \(4, 8\), got \(4, 3, 8\)"):
         module.apply(variables, x[:, 0], jnp.zeros((4, 3, 8)))  # unbatched input, batched h_0
 
 
@@ -67,9 +67,9 @@ def test_wrong_lstm_state():
     module = jaxrnn.LSTM(4, 8, proj_size=3)
     x = jnp.ones((5, 2, 4))
     variables = module.init(KEY, x)
-    with pytest.raises(ValueError, match="h_0 must be a tuple"):
+    with pytest.raises(ValueError, match="hx must be a tuple"):
         module.apply(variables, x, jnp.zeros((1, 2, 3)))
-    with pytest.raises(ValueError, match=r"expected c_0 of shape \(1, 2, 8\), got \(1, 2, 3\)"):
+    with pytest.raises(ValueError, match=r"expected hx\[1\] \(c_0\) of shape \(1, 2, 8\), got \(1, 2, 3\)"):
         module.apply(variables, x, (jnp.zeros((1, 2, 3)), jnp.zeros((1, 2, 3))))
 
 
