@@ -131,7 +131,7 @@ class Recurrence(nn.Module):
         return backend.choose(
             kernel_kind(self.cell),
             cpu_kernel=self.cpu_kernel,
-            dtype=jnp.result_type(x.dtype, weights["weight_hh"].dtype),
+            dtype=_common_dtype(x, weights["weight_ih"], weights["weight_hh"]),
             proj_size=0 if weights["weight_hr"] is None else weights["weight_hr"].shape[0],
             record_states=self.record_states,
             unroll=self.unroll,
@@ -140,6 +140,12 @@ class Recurrence(nn.Module):
             steps=x.shape[0],
             forward_mode=backend.forward_mode(weights, x, state),
         )
+
+
+def _common_dtype(*arrays: Array) -> Any:
+    """The arrays' dtype if they share one, else the first that is not float32 (the kernel's needs all float32)."""
+    dtypes = [a.dtype for a in arrays]
+    return next((d for d in dtypes if d != dtypes[0]), dtypes[0]) if dtypes[0] == jnp.float32 else dtypes[0]
 
 
 def kernel_kind(cell: _Cell) -> str:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import jaxrnn
+from jaxrnn import backend
 from jaxrnn.kernels import cpu
 
 needs_kernel = pytest.mark.skipif(cpu.unavailable_reason() is not None, reason="jaxrnn's CPU kernel cannot run here")
@@ -101,6 +102,7 @@ def test_kernel_gradient_of_part_of_the_results(cell, loss_on):
 
 
 @needs_kernel
+@pytest.mark.skipif(cpu.isa()[0] in backend.SLOWER_THAN_XLA, reason="'auto' leaves this build alone")
 def test_auto_uses_the_kernel_where_it_applies():
     x = jnp.ones((4, 2, 3))
 
@@ -116,13 +118,19 @@ def test_auto_uses_the_kernel_where_it_applies():
     assert "jaxrnn_" not in lowered(jaxrnn.LSTM(3, 16, proj_size=8))
     assert "jaxrnn_" not in lowered(jaxrnn.GRU(3, 16, cpu_kernel="never"))
     assert "jaxrnn_" not in lowered(jaxrnn.RNN(3, 16, record_states=True))
+    # options of the XLA loop are honoured by taking it, never dropped
+    assert "jaxrnn_" not in lowered(jaxrnn.LSTM(3, 16, unroll=2))
+    assert "jaxrnn_" not in lowered(jaxrnn.GRU(3, 16, hoist_input_projection=True))
+    assert "jaxrnn_" not in lowered(jaxrnn.RNN(3, 16, fused_backward=True))
 
 
 def test_always_raises_where_the_kernel_does_not_apply():
     x = jnp.ones((4, 2, 3))
     for module, what in [
-        (jaxrnn.LSTM(3, 20, proj_size=5, cpu_kernel="always"), "LSTMCell, hidden_size=20, proj_size=5"),
-        (jaxrnn.RNN(3, 16, record_states=True, cpu_kernel="always"), "RNNCell, hidden_size=16"),
+        (jaxrnn.LSTM(3, 20, proj_size=5, cpu_kernel="always"), "lstm layer: proj_size=5"),
+        (jaxrnn.RNN(3, 16, record_states=True, cpu_kernel="always"), "rnn_tanh layer: record_states=True"),
+        (jaxrnn.GRU(3, 16, unroll=4, cpu_kernel="always"), "gru layer: unroll=4: an option of the XLA loop"),
+        (jaxrnn.LSTM(3, 16, param_dtype=jnp.bfloat16, cpu_kernel="always"), "the dtype is bfloat16"),
     ]:
         with pytest.raises(ValueError, match="cpu_kernel='always'") as error:
             module.init(jax.random.key(0), x)
@@ -198,3 +206,80 @@ def test_layers_still_run_without_the_kernel():
     env = {**os.environ, "JAXRNN_CPU_KERNEL": "0"}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert run.returncode == 0 and run.stdout.strip() == "(4, 2, 16)", run.stderr
+
+
+def _fake_compiler(tmp_path, name: str, version: str, log=None, fail: str | None = None) -> str:
+    """A compiler script: prints ``version`` for --version, logs each build to ``log``, and runs g++ or fails."""
+    script = tmp_path / name
+    body = [
+        "#!/bin/sh",
+        f'if [ "$1" = "--version" ]; then echo "{version}"; exit 0; fi',
+        f'echo build >> "{log}"' if log else "",
+        f'echo "{fail}" >&2; exit 1' if fail else 'exec g++ "$@"',
+    ]
+    script.write_text("\n".join(body) + "\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def _in_subprocess(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
+
+
+def test_cache_key_covers_the_compiler_version(tmp_path):
+    code = "from jaxrnn.kernels import cpu; print(cpu.library_path('generic').name)"
+    names = [
+        _in_subprocess(code, {"CXX": _fake_compiler(tmp_path, f"cc{v}", f"fake c++ {v}")}).stdout.strip()
+        for v in (1, 2)
+    ]
+    assert names[0] != names[1] and all(n.startswith("recurrence_cpu-generic-") for n in names)
+
+
+def test_failed_build_warns_once_with_the_compilers_message(tmp_path):
+    compiler = _fake_compiler(tmp_path, "broken", "broken 1", fail="error: the compiler says no")
+    code = (
+        "import warnings; warnings.simplefilter('always')\n"
+        "from jaxrnn.kernels import cpu\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    a, b = cpu.unavailable_reason(), cpu.unavailable_reason()\n"
+        "print(len(seen)); print(seen[0].message); print(a == b)\n"
+    )
+    run = _in_subprocess(code, {"CXX": compiler, "JAXRNN_KERNEL_CACHE": str(tmp_path / "cache")})
+    count, message, same = run.stdout.strip().splitlines()[0], run.stdout, run.stdout.strip().splitlines()[-1]
+    assert run.returncode == 0, run.stderr
+    assert count == "1" and same == "True"
+    assert "the XLA loop runs instead" in message and "the compiler says no" in message
+
+
+@needs_kernel
+def test_concurrent_first_uses_build_once_and_a_damaged_file_is_rebuilt(tmp_path):
+    """Three processes start on an empty cache at once: one build, and all three run the kernel. Then the
+    cached library is damaged: the next process rebuilds it instead of failing."""
+    log = tmp_path / "builds.log"
+    env = {
+        "CXX": _fake_compiler(tmp_path, "logging-g++", "logging g++ 1", log=log),
+        "JAXRNN_KERNEL_CACHE": str(tmp_path / "cache"),
+        "JAXRNN_CPU_ISA": cpu.isa()[0],
+    }
+    code = (
+        "import jax.numpy as jnp, numpy as np\n"
+        "from jaxrnn.kernels import cpu\n"
+        "assert cpu.unavailable_reason() is None, cpu.unavailable_reason()\n"
+        "x, h = jnp.ones((3, 2, 4)), jnp.zeros((2, 16))\n"
+        "out, _ = cpu.forward('rnn_tanh', x, jnp.ones((16, 4)) * 0.1, jnp.eye(16), None, None, (h,), "
+        "jnp.ones((3, 2)), reverse=False)\n"
+        "print(float(out[-1, 0, 0]))\n"
+    )
+    command = [sys.executable, "-c", code]
+    procs = [subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [p.communicate()[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    assert len(set(outputs)) == 1 and float(outputs[0]) > 0
+    assert log.read_text().count("build") == 1
+    (library,) = (tmp_path / "cache").glob("*.so")
+    library.write_bytes(b"not a shared library")
+    run = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == outputs[0]
+    assert log.read_text().count("build") == 2
