@@ -212,3 +212,33 @@ def test_parity_cpu_kernel(kind, case, parity_log):
     full = {"kind": kind, "config": config, "length": 6, "seed": case["hidden_size"] + case["num_layers"]}
     full.update({k: case[k] for k in ("batch", "lengths", "given_h0")})
     check_case(full, "float32", parity_log)
+
+
+# Realistic sizes through the kernel: hidden 64-512, 50-300 steps, batch up to 64, with lengths; the
+# backward's 8-step ring wraps many times and the blocks are full (or padded: hidden 100).
+REALISTIC_CASES = [
+    {"hidden_size": 64, "num_layers": 2, "bidirectional": True, "batch": 16, "length": 50, "input_size": 32},
+    {"hidden_size": 128, "num_layers": 1, "bidirectional": False, "batch": 64, "length": 120, "input_size": 64},
+    {"hidden_size": 100, "num_layers": 1, "bidirectional": True, "batch": 24, "length": 80, "input_size": 20},
+    {"hidden_size": 512, "num_layers": 1, "bidirectional": False, "batch": 8, "length": 300, "input_size": 128},
+]
+
+
+@pytest.mark.skipif(jaxrnn.kernels.cpu.unavailable_reason() is not None, reason="jaxrnn's CPU kernel cannot run here")
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize(
+    "case", REALISTIC_CASES, ids=lambda c: f"h{c['hidden_size']}-t{c['length']}-b{c['batch']}-l{c['num_layers']}"
+)
+def test_parity_cpu_kernel_realistic_sizes(kind, case, parity_log):
+    rng = np.random.default_rng(case["hidden_size"])
+    lengths = rng.integers(1, case["length"] + 1, case["batch"]).tolist()
+    lengths[0] = case["length"]
+    config = {"bias": True, "batch_first": False, "cpu_kernel": "always"}
+    config.update({k: case[k] for k in ("input_size", "hidden_size", "num_layers", "bidirectional")})
+    if kind == "LSTM":
+        config["proj_size"] = 0
+    if kind == "RNN":
+        config["nonlinearity"] = "tanh" if case["hidden_size"] != 128 else "relu"
+    full = {"kind": kind, "config": config, "length": case["length"], "seed": case["hidden_size"]}
+    full.update({"batch": case["batch"], "lengths": lengths, "given_h0": True})
+    check_case(full, "float32", parity_log)
