@@ -95,7 +95,7 @@ class Recurrence(nn.Module):
         if mask is not None:  # padding never enters the cell: NaN there cannot reach a gradient (as in torch)
             x = jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
         if self.backend(weights, x, state).kernel:
-            return _kernel_scan(kernel_kind(self.cell), self.reverse)(weights, x, state, mask)
+            return _kernel_scan(self.cell, self.reverse)(weights, x, state, mask)
         if self.fused_backward and not self.record_states:
             scan = _fused_scan(self.cell, self.reverse, self.unroll, self.hoist_input_projection)
             return scan(weights, x, state, mask)
@@ -157,12 +157,20 @@ def kernel_kind(cell: _Cell) -> str:
     return f"rnn_{cell.nonlinearity}"
 
 
-def _kernel_scan(kind: str, reverse: bool):
+def _kernel_scan(cell: _Cell, reverse: bool):
     """``scan(weights, x, state, mask) -> (state, outputs)``, forward and backward loops in the CPU kernel.
 
     The kernel does the input projection inside each step, and its backward pass
     also computes the weight, bias and (only where JAX wants it) input gradients.
+    ``jax.export`` of the forward lowers the XLA loop in the kernel's place.
     """
+    kind = kernel_kind(cell)
+    xla_loop = _fused_scan(cell, reverse, unroll=1, hoisted=False)
+
+    def exportable(x, weight_ih, weight_hh, bias_ih, bias_hh, state0, valid):  # the XLA loop, same results
+        weights = {"weight_ih": weight_ih, "weight_hh": weight_hh, "bias_ih": bias_ih, "bias_hh": bias_hh}
+        final, outputs = xla_loop({**weights, "weight_hr": None}, x, state0, valid > 0.5)
+        return outputs, final
 
     def valid_of(x: Array, mask: Array | None) -> Array:
         return jnp.ones(x.shape[:2], jnp.float32) if mask is None else mask.astype(jnp.float32)
@@ -173,7 +181,8 @@ def _kernel_scan(kind: str, reverse: bool):
     @jax.custom_vjp
     def scan(weights: Weights, x: Array, state0: State, mask: Array | None) -> tuple[State, Array]:
         # no gradient wanted: this kernel call keeps nothing for a backward pass
-        outputs, final = cpu.forward(kind, x, *arrays(weights), state0, valid_of(x, mask), reverse=reverse)
+        valid = valid_of(x, mask)
+        outputs, final = cpu.forward(kind, x, *arrays(weights), state0, valid, reverse=reverse, fallback=exportable)
         return final, outputs
 
     def forward(weights, x, state0, mask):  # symbolic_zeros: each array comes as CustomVJPPrimal

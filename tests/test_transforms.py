@@ -3,9 +3,10 @@ or it fails in the one documented way.
 
 Under ``jit``, ``grad``, ``vmap`` and sharding the CPU kernel runs (where it applies); under forward-mode
 differentiation (``jvp``, ``jacfwd``, ``hessian``) ``jaxrnn.backend.choose`` picks the XLA loop, so those
-work too. Two cases cannot reach that choice, because the function was traced before the transform saw
-it: ``jax.jvp`` of an already-jitted function and ``jax.export``. They fail with JAX's message, and
-``cpu_kernel="never"`` (tested here) serves them.
+work too; ``jax.export`` lowers the XLA loop in the kernel's place (the forward) or names
+``cpu_kernel="never"`` (a gradient). One case cannot reach any of that, because the function was traced
+before the transform saw it: ``jax.jvp`` of an already-jitted function fails with JAX's message, and
+``cpu_kernel="never"`` (tested here) serves it.
 """
 
 from __future__ import annotations
@@ -107,12 +108,21 @@ def test_jvp_of_a_jitted_kernel_layer_fails_and_never_serves_it():
 
 
 @pytest.mark.skipif(not kernel_runs, reason="the CPU kernel does not run by default here")
-def test_export_needs_never_and_then_works():
-    default, loop, params, x = setup("gru")
-    with pytest.raises(ValueError, match="(?s)custom calls.*jaxrnn_gru_forward"):
-        jax.export.export(jax.jit(lambda x: default.apply(params, x)[0]))(x)
-    exported = jax.export.export(jax.jit(lambda x: loop.apply(params, x)[0]))(x)
-    close(exported.call(x), default.apply(params, x)[0])
+@pytest.mark.parametrize("cell", LAYERS)
+def test_export_lowers_the_xla_loop_and_a_gradient_names_the_switch(cell):
+    default, loop, params, x = setup(cell)
+    lengths = jnp.array([5, 2])
+    apply = jax.jit(lambda params, x, lengths: default.apply(params, x, seq_lengths=lengths))
+    exported = jax.export.export(apply)(params, x, lengths)
+    assert "custom_call @jaxrnn" not in exported.mlir_module()  # portable: the XLA loop, not the kernel
+    assert "jaxrnn_" in apply.lower(params, x, lengths).as_text()  # while jit runs the kernel
+    close(exported.call(params, x, lengths), loop.apply(params, x, seq_lengths=lengths))
+    gradient = jax.jit(jax.grad(lambda params, x: loss(default, params, x)))
+    with pytest.raises(ValueError, match="jax.export: jaxrnn's CPU kernel .* cpu_kernel='never'"):
+        jax.export.export(gradient)(params, x)
+    never = LAYERS[cell](cpu_kernel="never")
+    exported = jax.export.export(jax.jit(jax.grad(lambda params, x: loss(never, params, x))))(params, x)
+    close(exported.call(params, x), jax.grad(lambda params, x: loss(loop, params, x))(params, x))
 
 
 @pytest.mark.parametrize("model", ["SequenceModel", "Classifier", "Tagger"])

@@ -38,10 +38,14 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Callable
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
+from jax._src import dispatch
+from jax.interpreters import batching, mlir
 
 Array = jax.Array
 
@@ -370,11 +374,54 @@ def _check(kind: Kind, what: str, weight_hh: Array, x: Array | None = None, weig
     return hidden
 
 
+# -- one primitive around each kernel call: jax.export lowers the XLA loop instead, or names the switch --------
+
+
+def _exportable_abstract_eval(*avals, kernel, fallback, name):
+    del fallback, name
+    return [jax.core.ShapedArray(o.shape, o.dtype) for o in jax.eval_shape(kernel, *avals)]
+
+
+def _exportable_lowering(ctx, *args, kernel, fallback, name):
+    if not ctx.module_context.lowering_parameters.for_export:
+        return mlir.lower_fun(kernel, multiple_results=True)(ctx, *args)
+    if fallback is None:
+        raise ValueError(
+            f"jax.export: jaxrnn's CPU kernel ({name}) is not portable and has no exportable form here (inside a "
+            "gradient); construct the recurrent layer or model with cpu_kernel='never' to export this function."
+        )
+    return mlir.lower_fun(fallback, multiple_results=True)(ctx, *args)
+
+
+def _exportable_batching(args, dims, **params):
+    """vmap: one kernel call per mapped element (what the FFI call's ``vmap_method="sequential"`` did)."""
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    args = [jnp.broadcast_to(a, (size, *a.shape)) if d is None else jnp.moveaxis(a, d, 0) for a, d in zip(args, dims)]
+    outs = jax.lax.map(lambda xs: _exportable_p.bind(*xs, **params), args)
+    return outs, [0] * len(outs)
+
+
+_exportable_p = jax.extend.core.Primitive("jaxrnn_cpu_kernel")
+_exportable_p.multiple_results = True
+_exportable_p.def_impl(functools.partial(dispatch.apply_primitive, _exportable_p))
+_exportable_p.def_abstract_eval(_exportable_abstract_eval)
+mlir.register_lowering(_exportable_p, _exportable_lowering)
+batching.primitive_batchers[_exportable_p] = _exportable_batching
+
+
+def _exportable(name: str, kernel, fallback, arrays: list) -> list:
+    """``kernel(*arrays)`` (a list of arrays; FFI calls inside) as one primitive. Where ``jax.export`` lowers it,
+    ``fallback(*arrays)`` (the XLA loop, same results) is lowered instead, or, when there is none, a
+    ``ValueError`` names ``cpu_kernel='never'``. (Nothing else can tell an export from a ``jit``: both trace
+    the same way.)"""
+    return _exportable_p.bind(*arrays, kernel=kernel, fallback=fallback, name=name)
+
+
 def _threads(threads: int | None) -> np.int64:
     return np.int64(threads or default_threads())
 
 
-def _forward(kind_name, train, x, weight_ih, weight_hh, bias_ih, bias_hh, state0, valid, reverse, threads):
+def _forward(kind_name, train, x, weight_ih, weight_hh, bias_ih, bias_hh, state0, valid, reverse, threads, fallback):
     kind = _kind(kind_name)
     what = "forward_train" if train else "forward"
     hidden = _check(kind, what, weight_hh, x, weight_ih)
@@ -392,23 +439,40 @@ def _forward(kind_name, train, x, weight_ih, weight_hh, bias_ih, bias_hh, state0
             jax.ShapeDtypeStruct((steps, batch, hp), jnp.float32),
             jax.ShapeDtypeStruct((kind.states, batch, hp), jnp.float32),
         )
-    call = jax.ffi.ffi_call(registered_target(kind.target(what), isa()[0]), results, vmap_method="sequential")
-    out = call(
-        x,
-        pack_panels(_pad_weight(weight_ih, kind.gates, hidden, hp, pad_columns=False), kind.gates, kind.block),
-        _pack_bias(kind, bias_ih, bias_hh, hidden, hp),
-        pack_panels(_pad_weight(weight_hh, kind.gates, hidden, hp, pad_columns=True), kind.gates, kind.block),
-        _stack_state(state0, hidden, hp),
-        valid,
-        reverse=bool(reverse),
-        units=np.int64(hidden),
-        threads=_threads(threads),
-    )
-    if train:  # states and z stay padded: they go back into backward() as they are
-        states, z = out
-        # where, not a product with valid: an Inf state carried through padding must give 0 there, not NaN
-        return jnp.where(valid[..., None] > 0.5, states[:, 0, :, :hidden], 0.0), states, z
-    return out[0][..., :hidden], tuple(s[..., :hidden] for s in out[1])
+    target = registered_target(kind.target(what), isa()[0])
+    bias = bias_ih is not None
+    arrays = [x, weight_ih, weight_hh, *([bias_ih, bias_hh] if bias else []), *state0, valid]
+
+    def unflatten(flat):
+        x, weight_ih, weight_hh, *rest = flat
+        bias_ih, bias_hh = (rest.pop(0), rest.pop(0)) if bias else (None, None)
+        return x, weight_ih, weight_hh, bias_ih, bias_hh, tuple(rest[:-1]), rest[-1]
+
+    def kernel(*flat):
+        x, weight_ih, weight_hh, bias_ih, bias_hh, state0, valid = unflatten(flat)
+        out = jax.ffi.ffi_call(target, results, vmap_method="sequential")(
+            x,
+            pack_panels(_pad_weight(weight_ih, kind.gates, hidden, hp, pad_columns=False), kind.gates, kind.block),
+            _pack_bias(kind, bias_ih, bias_hh, hidden, hp),
+            pack_panels(_pad_weight(weight_hh, kind.gates, hidden, hp, pad_columns=True), kind.gates, kind.block),
+            _stack_state(state0, hidden, hp),
+            valid,
+            reverse=bool(reverse),
+            units=np.int64(hidden),
+            threads=_threads(threads),
+        )
+        if train:  # states and z stay padded: they go back into backward() as they are
+            states, z = out
+            # where, not a product with valid: an Inf state carried through padding must give 0 there, not NaN
+            return [jnp.where(valid[..., None] > 0.5, states[:, 0, :, :hidden], 0.0), states, z]
+        return [out[0][..., :hidden], *(s[..., :hidden] for s in out[1])]
+
+    def flat_fallback(*flat):
+        outputs, final = fallback(*unflatten(flat))
+        return [outputs, *final]
+
+    out = _exportable(target, kernel, None if fallback is None else flat_fallback, arrays)
+    return tuple(out) if train else (out[0], tuple(out[1:]))
 
 
 def forward(
@@ -423,6 +487,7 @@ def forward(
     *,
     reverse: bool,
     threads: int | None = None,
+    fallback: Callable | None = None,
 ) -> tuple[Array, tuple[Array, ...]]:
     """Runs one direction of one layer over a whole sequence (inference: nothing kept for a backward pass).
 
@@ -435,10 +500,13 @@ def forward(
       valid: ``(T, B)`` float32, 1 on real steps and 0 on padding (state carried, output zero).
       reverse: run from the last step to the first.
       threads: threads to split the hidden units over (default :func:`default_threads`).
+      fallback: ``fallback(x, weight_ih, weight_hh, bias_ih, bias_hh, state0, valid) -> (outputs, state_n)``,
+        the same computation without the kernel (the XLA loop), which ``jax.export`` lowers in its place;
+        without one, exporting raises a ``ValueError`` that names ``cpu_kernel='never'``.
     Returns ``(outputs, state_n)``: outputs ``(T, B, H)`` (zero on padding) and the final state, a tuple
     like ``state0``.
     """
-    return _forward(kind, False, x, weight_ih, weight_hh, bias_ih, bias_hh, state0, valid, reverse, threads)
+    return _forward(kind, False, x, weight_ih, weight_hh, bias_ih, bias_hh, state0, valid, reverse, threads, fallback)
 
 
 def forward_train(
@@ -463,7 +531,7 @@ def forward_train(
     RNN: none, ``Z = 0``). ``Hp`` is ``H`` rounded up to the kind's block
     (:meth:`Kind.padded_size`); the extra units are zero.
     """
-    return _forward(kind, True, x, weight_ih, weight_hh, bias_ih, bias_hh, state0, valid, reverse, threads)
+    return _forward(kind, True, x, weight_ih, weight_hh, bias_ih, bias_hh, state0, valid, reverse, threads, None)
 
 
 def pack_input_backward(weight_ih: Array) -> Array:
@@ -537,8 +605,9 @@ def backward(
     )
     w_ih = _pad_weight(weight_ih, kind_.gates, hidden, hp, pad_columns=False)
     w_hh = _pad_weight(weight_hh, kind_.gates, hidden, hp, pad_columns=True)
-    call = jax.ffi.ffi_call(registered_target(kind_.target("backward"), isa()[0]), results, vmap_method="sequential")
-    d_wih_t, d_whh_t, d_bias, dx, d_state0 = call(
+    target = registered_target(kind_.target("backward"), isa()[0])
+    call = jax.ffi.ffi_call(target, results, vmap_method="sequential")
+    arrays = [
         z,
         states,
         _stack_state(state0, hidden, hp),
@@ -548,10 +617,12 @@ def backward(
         pack_backward(w_hh),
         x,
         pack_input_backward(w_ih) if input_grad else jnp.zeros((0,), jnp.float32),
-        reverse=bool(reverse),
-        units=np.int64(hidden),
-        threads=_threads(threads),
-    )
+    ]
+
+    def kernel(*arrays):
+        return list(call(*arrays, reverse=bool(reverse), units=np.int64(hidden), threads=_threads(threads)))
+
+    d_wih_t, d_whh_t, d_bias, dx, d_state0 = _exportable(target, kernel, None, arrays)
     grads = {
         "weight_ih": _unpad_gates(d_wih_t.T, kind_.gates, hidden, hp),
         "weight_hh": _unpad_gates(d_whh_t[:hidden].T, kind_.gates, hidden, hp),
