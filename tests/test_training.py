@@ -115,6 +115,13 @@ def test_sampling_respects_top_k_and_temperature():
         jaxrnn.generate(model, variables, prompt, 5, jax.random.key(0), temperature=0.0)
 
 
+def test_generate_refuses_a_bidirectional_model():
+    model = jaxrnn.SequenceModel(vocab_size=9, hidden_size=8, cell="gru", bidirectional=True)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+    with pytest.raises(ValueError, match="SequenceModel is bidirectional; generation feeds each token back"):
+        jaxrnn.generate(model, variables, jnp.array([1, 2]), 5, greedy=True)
+
+
 def test_classifier_uses_each_sequences_last_valid_state():
     model = jaxrnn.Classifier(
         vocab_size=11, hidden_size=6, cell="lstm", embedding_size=4, num_classes=3, bidirectional=True, num_layers=2
