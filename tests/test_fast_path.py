@@ -4,11 +4,13 @@ Each test runs a layer through the kernel (``cpu_kernel="always"``) and through 
 (``cpu_kernel="never"``) with the same parameters, and compares the outputs, the final states and the
 gradient (``jax.vjp`` with a fixed random cotangent) of every parameter, the input and the initial
 state: NaN at the same places, +Inf and -Inf at the same places, the finite values within float32
-rounding (2e-5 of the largest for values, 1e-4 for gradients, the parity tests' bound: the generic build
-has no FMA, so its sums round differently). Inputs: NaN, +-Inf, huge (|x| up to 1e4), tiny and subnormal
-values, NaN in the padding, at hidden sizes around the kernel's blocks (16 units for LSTM/GRU, 64 for RNN), batch 1 to 64, and one
-sequence of 10,000 steps. ``JAXRNN_CPU_ISA`` chooses the build under test (CI runs every build this
-machine can execute, see ``test_every_isa_build``).
+rounding (2e-5 of the largest for values; 1e-4 for gradients, the parity tests' bound, since the
+generic build has no FMA and its sums round differently).
+
+Inputs: NaN, +-Inf, huge (|x| up to 1e4), tiny and subnormal values, NaN in the padding, at hidden
+sizes around the kernel's blocks (16 units for LSTM/GRU, 64 for RNN), batch 1 to 64, and one sequence
+of 10,000 steps. ``JAXRNN_CPU_ISA`` chooses the build under test (CI runs every build this machine can
+execute, see ``test_every_isa_build``).
 """
 
 from __future__ import annotations
