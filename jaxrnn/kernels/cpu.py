@@ -268,16 +268,6 @@ def unavailable_reason() -> str | None:
     return _load(name)[1]
 
 
-def supported(proj_size: int, dtype: jnp.dtype) -> bool:
-    """Whether a layer (any cell, any hidden size) can use the kernel on this machine."""
-    return (
-        jax.default_backend() == "cpu"
-        and not proj_size
-        and jnp.dtype(dtype) == jnp.float32
-        and unavailable_reason() is None
-    )
-
-
 def _kind(name: str) -> Kind:
     if name not in KINDS:
         raise ValueError(f"unknown kernel cell {name!r}; expected one of {sorted(KINDS)}")
