@@ -143,9 +143,8 @@ class Recurrence(nn.Module):
 
 
 def _common_dtype(*arrays: Array) -> Any:
-    """The arrays' dtype if they share one, else the first that is not float32 (the kernel's needs all float32)."""
-    dtypes = [a.dtype for a in arrays]
-    return next((d for d in dtypes if d != dtypes[0]), dtypes[0]) if dtypes[0] == jnp.float32 else dtypes[0]
+    """float32 if every array is float32 (what the kernel needs), else the first dtype that is not."""
+    return next((a.dtype for a in arrays if a.dtype != jnp.float32), jnp.dtype(jnp.float32))
 
 
 def kernel_kind(cell: _Cell) -> str:

@@ -102,8 +102,10 @@ def default_threads() -> int:
     return max(1, min(cores, 8))
 
 
+@functools.cache
 def _cpu_flags() -> str:
-    """The ``flags`` line of ``/proc/cpuinfo`` ('' where there is none)."""
+    """The ``flags`` line of ``/proc/cpuinfo`` ('' where there is none), read once per process (every traced
+    layer asks :func:`isa`)."""
     try:
         with open("/proc/cpuinfo") as f:
             return next((line for line in f if line.startswith("flags")), "")
