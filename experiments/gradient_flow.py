@@ -26,7 +26,8 @@ import numpy as np
 import optax
 
 import jaxrnn
-from jaxrnn.cells import project_input
+from jaxrnn.equations import Cell, kind_of, project_hidden, project_input
+from jaxrnn.params import weights_of
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -92,10 +93,8 @@ def hidden_gradient_norms(cell: str, params: dict, length: int, key) -> np.ndarr
     The layer's recurrence is re-run step by step with a zero perturbation added
     to each h_t; the gradient with respect to that perturbation is dL/dh_t.
     """
-    layer_cell = jaxrnn.recurrent_layer(cell, hidden_size=HIDDEN).make_cell()
-    weights = {
-        name: params["rnn"].get(f"{name}_l0") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
-    }
+    layer_cell = Cell(kind_of(cell), HIDDEN)
+    weights = weights_of(params["rnn"], "_l0")
     ids, symbols = recall_batch(key, 256, length - 2)
     x = params["embed"]["embedding"][ids] if "embed" in params else jax.nn.one_hot(ids, SYMBOLS + 2)
     gx = project_input(weights, jnp.swapaxes(x, 0, 1))  # (L, N, G*H)
@@ -105,7 +104,7 @@ def hidden_gradient_norms(cell: str, params: dict, length: int, key) -> np.ndarr
 
         def body(state, inputs):
             gx_t, eps_t = inputs
-            state, h = layer_cell.step(weights, state, gx_t)
+            state, h = layer_cell.combine(gx_t, project_hidden(weights, state[0]), state, weights["weight_hr"])
             state = (state[0] + eps_t,) + state[1:]
             return state, None
 

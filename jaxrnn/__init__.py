@@ -9,13 +9,13 @@
 ((3, 5, 8), (2, 3, 8), (2, 3, 8))
 """
 
+from jaxrnn import functional
 from jaxrnn.cells import GRUCell, LSTMCell, RNNCell
 from jaxrnn.data import Vocab, bptt_batches, contiguous_streams, num_bptt_batches, sliding_windows
 from jaxrnn.generate import generate
 from jaxrnn.inspect import step_states
 from jaxrnn.models import Classifier, SequenceModel, Tagger, recurrent_layer
 from jaxrnn.padding import lengths_to_mask, pad_sequence
-from jaxrnn.recurrence import Recurrence
 from jaxrnn.rnn import GRU, LSTM, RNN
 from jaxrnn.train import (
     TrainState,
@@ -39,7 +39,7 @@ __all__ = [
     "LSTMCell",
     "RNN",
     "RNNCell",
-    "Recurrence",
+    "functional",
     "lengths_to_mask",
     "pad_sequence",
     # models, data, training, generation

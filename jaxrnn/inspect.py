@@ -7,6 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxrnn.params import suffix
 from jaxrnn.rnn import _StackedRecurrent
 
 Array = jax.Array
@@ -40,8 +41,7 @@ def step_states(
     for layer in range(module.num_layers):
         directions = []
         for direction in range(D):
-            name = f"recurrence_l{layer}" + ("_reverse" if direction else "")
-            (states,) = intermediates[name]["states"]  # sow keeps a tuple of values
+            (states,) = intermediates["states" + suffix(layer, direction)]  # sow keeps a tuple of values
             directions.append(states)
         per_layer.append(directions)
     names = ("h", "c") if len(per_layer[0][0]) == 2 else ("h",)

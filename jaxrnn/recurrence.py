@@ -1,20 +1,22 @@
 """One recurrent layer in one direction: a cell scanned over the time axis.
 
-This is the only loop over time in jaxrnn; ``RNN``, ``LSTM`` and ``GRU`` all
-run through it, each with its own cell's ``step``.
+:func:`recurrence` is the only loop over time in jaxrnn; every API (functional,
+linen, NNX) and every cell run through it. It runs either XLA's loop
+(``lax.scan``, optionally with a fused backward pass) or jaxrnn's CPU kernel,
+as :func:`jaxrnn.backend.choose` decides.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero, custom_vjp_primal_tree_values
 
 from jaxrnn import backend
-from jaxrnn.cells import State, Weights, _Cell, project_input
+from jaxrnn.equations import Cell, State, Weights, project_input
 from jaxrnn.kernels import cpu
 
 Array = jax.Array
@@ -43,12 +45,11 @@ def _mask_step(valid_t: Array | None, new_state: State, h: Array, state: State) 
     return new_state, jnp.where(keep, h, jnp.zeros_like(h))
 
 
-class Recurrence(nn.Module):
-    """Scans ``cell.step`` over time. Owns no parameters.
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+    """How the loop over time runs; none of these changes a result beyond float rounding.
 
     Attributes:
-      cell: the cell whose ``step`` is scanned (``RNNCell``, ``LSTMCell`` or ``GRUCell``).
-      reverse: run from the last step to the first (the backward direction).
       unroll: scan unroll factor (steps per loop iteration).
       hoist_input_projection: compute ``x @ weight_ih.T + bias_ih`` for all steps
         as one matmul before the loop (what cuDNN does); otherwise inside each step.
@@ -60,86 +61,87 @@ class Recurrence(nn.Module):
         (one ``(N, G*H) @ (G*H, P)`` matmul per step); the weight and input
         gradients are then computed for all steps at once as large matmuls, as
         cuDNN does. Reverse-mode only (``jax.grad``/``vjp``, not ``jvp``).
-        Otherwise the forward loop is ``nn.scan`` and JAX derives the backward.
+        Otherwise the forward loop is ``lax.scan`` and JAX derives the backward.
       cpu_kernel: ``"auto"`` runs the loop in jaxrnn's hand-written CPU kernel
         (:mod:`jaxrnn.kernels.cpu`, all three cells, forward and backward) where
         it applies, else the XLA loop; ``"never"`` always runs the XLA loop;
         ``"always"`` raises where the kernel does not apply. The rules (CPU,
         float32, no ``proj_size``, no XLA-loop option, not under ``jax.jvp``, ...)
         are :func:`jaxrnn.backend.choose`'s; both give the same results.
-      record_states: also store every step's state (``h``, and ``c`` for LSTM),
-        each ``(L, N, ·)``, with ``self.sow('intermediates', 'states', ...)``. On
-        padded steps that is the carried, unchanged state.
-
-    Call ``(weights, x, state, mask) -> (state, outputs)``:
-      weights: the cell's arrays from :func:`jaxrnn.cells.declare_weights`.
-      x: ``(L, N, H_in)`` time-major inputs.
-      state: tuple of ``(N, ·)`` arrays, the initial state.
-      mask: ``(L, N)`` bool, True on valid steps, or None when every step is valid.
-        On invalid steps the state is carried unchanged and the output is zero, so
-        the forward direction ends at each sequence's last valid step and the
-        reverse direction starts there.
-    Returns the final state and outputs ``(L, N, P)``.
+      record_states: also return every step's state (``h``, and ``c`` for LSTM),
+        each ``(L, N, ·)``. On padded steps that is the carried, unchanged state.
     """
 
-    cell: _Cell
-    reverse: bool = False
     unroll: int = 1
     hoist_input_projection: bool = False
     fused_backward: bool = False
     cpu_kernel: str = "auto"
     record_states: bool = False
 
-    @nn.compact
-    def __call__(self, weights: Weights, x: Array, state: State, mask: Array | None) -> tuple[State, Array]:
-        if mask is not None:  # padding never enters the cell: NaN there cannot reach a gradient (as in torch)
-            x = jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
-        if self.backend(weights, x, state).kernel:
-            return _kernel_scan(self.cell, self.reverse)(weights, x, state, mask)
-        if self.fused_backward and not self.record_states:
-            scan = _fused_scan(self.cell, self.reverse, self.unroll, self.hoist_input_projection)
-            return scan(weights, x, state, mask)
-        cell, hoisted, record = self.cell, self.hoist_input_projection, self.record_states
 
-        def body(_: nn.Module, state: State, inputs: tuple, weights: Weights) -> tuple[State, Any]:
-            x_t, valid_t = inputs  # x_t is already projected when hoisted
-            weight_ih_t, weight_hh_t = weights["transposed"]
-            gx_t = x_t if hoisted else _add_bias(x_t @ weight_ih_t, weights["bias_ih"])
-            gh_t = _add_bias(state[0] @ weight_hh_t, weights["bias_hh"])
-            new_state, h = _mask_step(valid_t, *cell.combine(gx_t, gh_t, state, weights["weight_hr"]), state)
-            return new_state, ((h, new_state) if record else h)
+def recurrence(
+    cell: Cell,
+    weights: Weights,
+    x: Array,
+    state: State,
+    mask: Array | None,
+    *,
+    reverse: bool = False,
+    options: LoopOptions | None = None,
+) -> tuple[State, Array, State | None]:
+    """Scans ``cell`` over time: one layer in one direction. The only loop over time in jaxrnn.
 
-        scan: Any = nn.scan(
-            body,
-            variable_broadcast=False,
-            split_rngs={},
-            in_axes=(0, nn.broadcast),
-            out_axes=0,
-            reverse=self.reverse,
-            unroll=self.unroll,
-        )
-        xs = project_input(weights, x) if hoisted else x
-        final, ys = scan(self, state, (xs, mask), {**weights, "transposed": _transposed(weights)})
-        if not record:
-            return final, ys
-        outputs, states = ys
-        self.sow("intermediates", "states", states)
-        return final, outputs
+    Args:
+      cell: the equations (:class:`jaxrnn.equations.Cell`).
+      weights: the cell's arrays under suffix-free names (:func:`jaxrnn.params.weights_of`).
+      x: ``(L, N, H_in)`` time-major inputs.
+      state: tuple of ``(N, ·)`` arrays, the initial state.
+      mask: ``(L, N)`` bool, True on valid steps, or None when every step is valid.
+        On invalid steps the state is carried unchanged and the output is zero, so
+        the forward direction ends at each sequence's last valid step and the
+        reverse direction starts there. Padded inputs never enter the cell.
+      reverse: run from the last step to the first (the backward direction).
+      options: :class:`LoopOptions` (default: all defaults).
+    Returns ``(final state, outputs (L, N, P), every step's states or None)``; the last
+    is a tuple of ``(L, N, ·)`` arrays when ``options.record_states``.
+    """
+    options = options or LoopOptions()
+    if mask is not None:  # padding never enters the cell: NaN there cannot reach a gradient (as in torch)
+        x = jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
+    if choose_backend(cell, weights, x, state, options).kernel:
+        return (*_kernel_scan(cell, reverse)(weights, x, state, mask), None)
+    if options.fused_backward and not options.record_states:
+        scan = _fused_scan(cell, reverse, options.unroll, options.hoist_input_projection)
+        return (*scan(weights, x, state, mask), None)
+    hoisted, record = options.hoist_input_projection, options.record_states
+    weight_ih_t, weight_hh_t = _transposed(weights)
 
-    def backend(self, weights: Weights, x: Array, state: State) -> backend.Choice:
-        """Which loop runs this call (:func:`jaxrnn.backend.choose`), from the traced arrays."""
-        return backend.choose(
-            kernel_kind(self.cell),
-            cpu_kernel=self.cpu_kernel,
-            dtype=_common_dtype(x, weights["weight_ih"], weights["weight_hh"]),
-            proj_size=0 if weights["weight_hr"] is None else weights["weight_hr"].shape[0],
-            record_states=self.record_states,
-            unroll=self.unroll,
-            hoist_input_projection=self.hoist_input_projection,
-            fused_backward=self.fused_backward,
-            steps=x.shape[0],
-            forward_mode=backend.forward_mode(weights, x, state),
-        )
+    def body(state: State, inputs: tuple) -> tuple[State, Any]:
+        x_t, valid_t = inputs  # x_t is already projected when hoisted
+        gx_t = x_t if hoisted else _add_bias(x_t @ weight_ih_t, weights["bias_ih"])
+        gh_t = _add_bias(state[0] @ weight_hh_t, weights["bias_hh"])
+        new_state, h = _mask_step(valid_t, *cell.combine(gx_t, gh_t, state, weights["weight_hr"]), state)
+        return new_state, ((h, new_state) if record else h)
+
+    xs = project_input(weights, x) if hoisted else x
+    final, ys = jax.lax.scan(body, state, (xs, mask), reverse=reverse, unroll=options.unroll)
+    return (final, *ys) if record else (final, ys, None)
+
+
+def choose_backend(cell: Cell, weights: Weights, x: Array, state: State, options: LoopOptions) -> backend.Choice:
+    """Which loop runs this call (:func:`jaxrnn.backend.choose`), from the traced arrays."""
+    return backend.choose(
+        cell.kind,
+        cpu_kernel=options.cpu_kernel,
+        dtype=_common_dtype(x, weights["weight_ih"], weights["weight_hh"]),
+        proj_size=0 if weights["weight_hr"] is None else weights["weight_hr"].shape[0],
+        record_states=options.record_states,
+        unroll=options.unroll,
+        hoist_input_projection=options.hoist_input_projection,
+        fused_backward=options.fused_backward,
+        steps=x.shape[0],
+        forward_mode=backend.forward_mode(weights, x, state),
+    )
 
 
 def _common_dtype(*arrays: Array) -> Any:
@@ -147,23 +149,14 @@ def _common_dtype(*arrays: Array) -> Any:
     return next((a.dtype for a in arrays if a.dtype != jnp.float32), jnp.dtype(jnp.float32))
 
 
-def kernel_kind(cell: _Cell) -> str:
-    """The :data:`jaxrnn.kernels.cpu.KINDS` key of a cell: ``"lstm"``, ``"gru"``, ``"rnn_tanh"`` or ``"rnn_relu"``."""
-    if cell.has_cell_state:
-        return "lstm"
-    if cell.num_gates == 3:
-        return "gru"
-    return f"rnn_{cell.nonlinearity}"
-
-
-def _kernel_scan(cell: _Cell, reverse: bool):
+def _kernel_scan(cell: Cell, reverse: bool):
     """``scan(weights, x, state, mask) -> (state, outputs)``, forward and backward loops in the CPU kernel.
 
     The kernel does the input projection inside each step, and its backward pass
     also computes the weight, bias and (only where JAX wants it) input gradients.
     ``jax.export`` of the forward lowers the XLA loop in the kernel's place.
     """
-    kind = kernel_kind(cell)
+    kind = cell.kind
     xla_loop = _fused_scan(cell, reverse, unroll=1, hoisted=False)
 
     def exportable(x, weight_ih, weight_hh, bias_ih, bias_hh, state0, valid):  # the XLA loop, same results
@@ -227,7 +220,7 @@ def _dense(cotangent: Any, shape: tuple[int, ...]) -> Array:
     return cotangent
 
 
-def _fused_scan(cell: _Cell, reverse: bool, unroll: int, hoisted: bool):
+def _fused_scan(cell: Cell, reverse: bool, unroll: int, hoisted: bool):
     """``scan(weights, x, state, mask) -> (state, outputs)`` with the fused backward pass as its VJP."""
 
     def forward(weights: Weights, x: Array, state0: State, mask: Array | None):
