@@ -1,7 +1,9 @@
-"""Map torch ``state_dict`` keys onto Flax parameter trees and back.
+"""Map torch ``state_dict`` keys onto Flax parameter trees (linen variables or NNX modules) and back.
 
 The rule is by name, so whole models port as long as the Flax submodules are
-named like the torch attributes::
+named like the torch attributes (linen ``nn.Dense``/``nn.Embed`` or NNX
+``nnx.Linear``/``nnx.Embed``; an NNX list of layers ``layers[0]`` is
+``layers.0``, as a torch ``ModuleList``)::
 
     torch key                     Flax path                          conversion
     rnn.weight_ih_l0              ('rnn', 'weight_ih_l0')            none (jaxrnn keeps torch's layout)
@@ -23,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
+from flax import nnx, traverse_util
 
 from jaxrnn.cells import _Cell
 from jaxrnn.rnn import _StackedRecurrent
@@ -57,7 +59,7 @@ def torch_key(path: tuple[str, ...], prefix: str = "") -> tuple[str, bool]:
     """Flax parameter path -> (torch state_dict key, whether the array is transposed)."""
     *modules, leaf = path
     leaf, transposed = _LEAF_RENAMES.get(leaf, (leaf, False))
-    return prefix + ".".join([*modules, leaf]), transposed
+    return prefix + ".".join([*map(str, modules), leaf]), transposed
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -100,38 +102,51 @@ def abstract_params(module: nn.Module, *example_args: Any, **example_kwargs: Any
 
 
 def load_state_dict(
-    module: nn.Module,
+    module: nn.Module | nnx.Module,
     state_dict: Mapping[str, Any],
     *example_args: Any,
     prefix: str = "",
     strict: bool = True,
     **example_kwargs: Any,
-) -> dict[str, Any]:
-    """Loads a torch ``state_dict`` into Flax ``variables`` for ``module``.
+) -> Any:
+    """Loads a torch ``state_dict`` into Flax ``variables`` for a linen ``module``, or into an NNX module in place.
 
     Args:
       module: a jaxrnn layer or cell, or any Flax model built from jaxrnn
         layers, ``nn.Dense``, ``nn.Embed`` (and ``nn.LayerNorm``) whose
-        submodule names match the torch attribute names.
+        submodule names match the torch attribute names; or the same in Flax
+        NNX (:mod:`jaxrnn.nnx` layers, ``nnx.Linear``, ``nnx.Embed``,
+        ``nnx.LayerNorm``), whose parameters are replaced in place.
       state_dict: ``{key: tensor or array}``, e.g. ``torch_model.state_dict()``
         or :func:`interop.load_checkpoint`'s result.
-      *example_args, **example_kwargs: inputs to trace ``module.init`` with
-        (shapes only; nothing is computed). Not needed for a lone jaxrnn layer
-        or cell: its input size is read from ``weight_ih``.
+      *example_args, **example_kwargs: inputs to trace a linen ``module.init``
+        with (shapes only; nothing is computed). Not needed for a lone jaxrnn
+        layer or cell (its input size is read from ``weight_ih``), nor for an
+        NNX module (its parameters already exist).
       prefix: prepended to every expected key, e.g. ``'rnn.'`` to load the
         ``rnn`` submodule of a torch model into a lone jaxrnn layer.
       strict: when False, keys of ``state_dict`` that the module does not use
         are ignored. Missing keys and shape mismatches are always errors.
 
     Returns:
-      ``{'params': ...}`` with each array converted to the dtype the module
-      declares (``param_dtype``).
+      linen: ``{'params': ...}`` with each array converted to the dtype the
+      module declares (``param_dtype``). NNX: the module itself, its
+      ``nnx.Param``s replaced (each in its own dtype).
 
     Raises:
       StateDictError: listing every missing, unexpected and misshapen key
-        (misshapen with expected vs got shape, in torch's layout).
+        (misshapen with expected vs got shape, in torch's layout). Nothing is
+        changed when it raises.
     """
     target = type(module).__name__
+    if isinstance(module, nnx.Module):
+        if example_args or example_kwargs:
+            raise TypeError(f"load_state_dict: {target} is an NNX module; it needs no example inputs.")
+        variables = dict(nnx.to_flat_state(nnx.state(module, nnx.Param)))
+        flat = _match(target, {path: v[...] for path, v in variables.items()}, state_dict, prefix, strict)
+        for path, value in flat.items():
+            variables[path][...] = value
+        return module
     if not example_args and not example_kwargs:
         if not isinstance(module, (_StackedRecurrent, _Cell)):
             raise TypeError(
@@ -139,9 +154,18 @@ def load_state_dict(
                 "so its parameter shapes can be traced; only lone jaxrnn layers and cells infer them."
             )
         example_args = _example_inputs(module, state_dict, prefix)
-    expected = abstract_params(module, *example_args, **example_kwargs)
+    flat = _match(target, abstract_params(module, *example_args, **example_kwargs), state_dict, prefix, strict)
+    return {"params": traverse_util.unflatten_dict(flat)}
 
-    flat: dict[tuple[str, ...], Any] = {}
+
+def _match(
+    target: str, expected: Mapping[tuple, Any], state_dict: Mapping[str, Any], prefix: str, strict: bool
+) -> dict[tuple, Any]:
+    """``{path: array}`` for every expected path (anything with ``.shape``/``.dtype``), from the state_dict.
+
+    Raises :class:`StateDictError` naming every missing, unexpected and misshapen key.
+    """
+    flat: dict[tuple, Any] = {}
     missing, mismatched, used = [], [], set()
     for path, abstract in expected.items():
         key, transposed = torch_key(path, prefix)
@@ -159,20 +183,29 @@ def load_state_dict(
     unexpected = [k for k in state_dict if k.startswith(prefix) and k not in used] if strict else []
     if missing or unexpected or mismatched:
         raise StateDictError(target, missing, unexpected, mismatched)
-    return {"params": traverse_util.unflatten_dict(flat)}
+    return flat
 
 
-def to_state_dict(variables: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
-    """Flax ``variables`` -> torch-style ``{key: numpy array}`` (the inverse of :func:`load_state_dict`).
+def to_state_dict(variables: Mapping[str, Any] | nnx.Module, prefix: str = "") -> dict[str, np.ndarray]:
+    """Flax linen ``variables``, or an NNX module -> torch-style ``{key: numpy array}``.
 
-    Feed it to ``torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in ...})``.
+    The inverse of :func:`load_state_dict`. Feed it to
+    ``torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in ...})``.
     """
-    if "params" not in variables:
+    if isinstance(variables, nnx.Module):
+        params = {path: v[...] for path, v in nnx.to_flat_state(nnx.state(variables, nnx.Param))}
+        return _torch_arrays(params, prefix)
+    if not isinstance(variables, Mapping) or "params" not in variables:
         raise KeyError(
-            f"to_state_dict: expected Flax variables with a 'params' collection, got keys {list(variables)}."
+            "to_state_dict: expected Flax variables with a 'params' collection or an NNX module, got "
+            f"{list(variables) if isinstance(variables, Mapping) else type(variables).__name__}."
         )
+    return _torch_arrays(traverse_util.flatten_dict(dict(variables["params"])), prefix)
+
+
+def _torch_arrays(params: Mapping[tuple, Any], prefix: str) -> dict[str, np.ndarray]:
     out = {}
-    for path, value in traverse_util.flatten_dict(dict(variables["params"])).items():
+    for path, value in params.items():
         key, transposed = torch_key(path, prefix)
         array = np.array(value)  # a writable copy, so torch.from_numpy takes it without complaint
         out[key] = np.ascontiguousarray(array.T) if transposed else array
