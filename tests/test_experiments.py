@@ -12,13 +12,17 @@ RUNS = [
     (["charseq.py"], "reproduced the text exactly at step"),
     (["charseq.py", "--cell", "gru", "--steps", "3", "--text", " seoul is the capital of south korea"], "target"),
     (["charseq.py", "--compare-torch", "--steps", "5", "--cell", "lstm"], "largest loss difference over 5 steps"),
+    (["charseq.py", "--api", "nnx"], "reproduced the text exactly at step"),
     (["hihello.py", "--steps", "3"], "step   1"),
     (["longseq.py", "--steps", "3"], "rebuilt text:"),
     (["word_prediction.py", "--steps", "3"], "'i like' ->"),
     (["padded_batch.py"], "largest difference vs torch pack_padded_sequence"),
     (["scratch_vs_library.py"], "the same numbers"),
     (["gradient_flow.py", "--smoke", "--out", "/tmp/jaxrnn-gradient-flow-smoke"], "dh_3/dh_1: jax.grad"),
-    (["benchmark.py", "--cells", "gru", "--sizes", "teach", "--repeats", "1"], "| gru | teach | grad | torch nn.GRU |"),
+    (
+        ["benchmark.py", "--cells", "gru", "--sizes", "teach", "--repeats", "1"],
+        "| gru | teach | grad | jaxrnn nnx (nnx.jit) |",
+    ),
     (
         "benchmark.py --cells lstm --sizes teach --modes fwd --repeats 1 --dtype float64 --bidirectional".split(),
         "| lstm | teach | fwd | torch nn.LSTM |",

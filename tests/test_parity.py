@@ -1,5 +1,9 @@
-"""jaxrnn.RNN/LSTM/GRU against torch.nn.RNN/LSTM/GRU over random configurations (hypothesis).
+"""jaxrnn's RNN/LSTM/GRU against torch.nn.RNN/LSTM/GRU over random configurations (hypothesis), in every API.
 
+Each test runs against one of jaxrnn's three APIs (``api``): the Flax linen
+layers (``jaxrnn.LSTM``), the Flax NNX layers (``jaxrnn.nnx.LSTM``, through
+``nnx.jit``/``nnx.value_and_grad``) and the functional core
+(``jaxrnn.functional.lstm``).
 Each example builds a torch module, copies its ``state_dict`` into jaxrnn
 *unchanged* (same keys, same shapes), runs both on the same input, initial
 state and lengths (torch through ``pack_padded_sequence``), and compares:
@@ -13,11 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from hypothesis import given
 from hypothesis import strategies as st
 
+import interop
 import jaxrnn
+import jaxrnn.nnx
 from interop import torch_forward
+
+APIS = ["linen", "nnx", "functional"]
 
 TOLERANCES = {"float32": (1e-5, 1e-4), "float64": (1e-10, 1e-10)}  # (values absolute, gradients relative)
 
@@ -64,7 +73,50 @@ def rel_err(a, b) -> float:
     return diff / scale if scale > 0 else diff
 
 
-def run_both(case: dict, dtype: str):
+def jax_value_and_grad(case: dict, dtype: str, api: str, state_dict: dict, seq_lengths, loss_of):
+    """``f(params, x, h0) -> ((loss, (out, states)), (d_params, d_x, d_h0))``, jitted, in ``api``.
+
+    ``loss_of(out, state)`` turns the layer's results into ``(loss, (out, states))``.
+    """
+    kind, config = case["kind"], case["config"]
+    hx = (lambda h0: tuple(h0) if kind == "LSTM" else h0[0]) if case["given_h0"] else (lambda h0: None)
+    if api == "linen":
+        module = getattr(jaxrnn, kind)(**config, param_dtype=jnp.dtype(dtype))
+
+        def loss_fn(params, x, h0):
+            return loss_of(*module.apply({"params": params}, x, hx(h0), seq_lengths=seq_lengths))
+
+        return jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True))
+    if api == "functional":
+        fn = getattr(jaxrnn.functional, kind.lower())
+        options = {k: v for k, v in config.items() if k not in ("input_size", "hidden_size", "bias")}
+
+        def loss_fn(params, x, h0):
+            return loss_of(*fn(params, x, hx(h0), seq_lengths=seq_lengths, **options))
+
+        return jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True))
+    # NNX: a module built from torch's constructor arguments, loaded through the bridge, differentiated
+    # with nnx.value_and_grad under nnx.jit; its gradient State is read back under torch's names.
+    model = getattr(jaxrnn.nnx, kind)(**config, param_dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0))
+    interop.load_state_dict(model, state_dict)
+    model.eval()
+
+    @nnx.jit
+    def nnx_grad(model, x, h0):
+        def loss_fn(model, x, h0):
+            return loss_of(*model(x, hx(h0), seq_lengths=seq_lengths))
+
+        (value, aux), (g_model, g_x, g_h0) = nnx.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True)(model, x, h0)
+        g_params = {path[-1]: v[...] for path, v in nnx.to_flat_state(g_model)}
+        return (value, aux), (g_params, g_x, g_h0)
+
+    def grad_fn(_, x, h0):  # the params argument is the model's own, loaded above
+        return nnx_grad(model, x, h0)
+
+    return grad_fn
+
+
+def run_both(case: dict, dtype: str, api: str = "linen"):
     """Returns (torch results, jax results), each {'output', 'states', 'grads'} as numpy."""
     kind, config = case["kind"], case["config"]
     rng = np.random.default_rng(case["seed"])
@@ -111,17 +163,15 @@ def run_both(case: dict, dtype: str):
     }
 
     # jaxrnn, from the same state_dict, unchanged
-    jax_module = getattr(jaxrnn, kind)(**config, param_dtype=jnp.dtype(dtype))
     params = {k: jnp.asarray(v.detach().numpy()) for k, v in torch_module.state_dict().items()}
     seq_lengths = None if lengths is None else jnp.asarray(lengths, jnp.int32)
 
-    def loss_fn(params, x, h0):
-        out, state = jax_module.apply({"params": params}, x, pack_state(h0), seq_lengths=seq_lengths)
+    def loss_of(out, state):
         states = list(state) if kind == "LSTM" else [state]
         value = (out * w_out).sum() + sum((s * w).sum() for s, w in zip(states, w_states))
         return value, (out, states)
 
-    grad_fn = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True))
+    grad_fn = jax_value_and_grad(case, dtype, api, torch_module.state_dict(), seq_lengths, loss_of)
     (_, (j_out, j_states)), (g_params, g_x, g_h0) = grad_fn(params, jnp.asarray(x), [jnp.asarray(h) for h in h0])
     jax_grads = {"x": g_x, **{f"h_0[{i}]": g for i, g in enumerate(g_h0)}, **g_params}
     jax_result = {
@@ -132,9 +182,9 @@ def run_both(case: dict, dtype: str):
     return torch_result, jax_result
 
 
-def check_case(case: dict, dtype: str, parity_log) -> None:
+def check_case(case: dict, dtype: str, parity_log, api: str = "linen") -> None:
     value_tol, grad_tol = TOLERANCES[dtype]
-    t, j = run_both(case, dtype)
+    t, j = run_both(case, dtype, api)
     assert j["output"].shape == t["output"].shape
     assert j["output"].dtype == np.dtype(dtype)
     out_err = np.abs(j["output"] - t["output"]).max(initial=0.0)
@@ -153,17 +203,19 @@ def check_case(case: dict, dtype: str, parity_log) -> None:
     parity_log.count(case["kind"])
 
 
+@pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
 @given(data=st.data())
-def test_parity_float32(kind, data, parity_log):
-    check_case(data.draw(cases(kind)), "float32", parity_log)
+def test_parity_float32(kind, api, data, parity_log):
+    check_case(data.draw(cases(kind)), "float32", parity_log, api)
 
 
+@pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
 @given(data=st.data())
-def test_parity_float64(kind, data, parity_log):
+def test_parity_float64(kind, api, data, parity_log):
     with jax.enable_x64(True):
-        check_case(data.draw(cases(kind)), "float64", parity_log)
+        check_case(data.draw(cases(kind)), "float64", parity_log, api)
 
 
 KERNEL_CASES = [  # through the CPU kernel, forced on (hidden 5 and 37: zero-padded units inside; 64: wide backward)
