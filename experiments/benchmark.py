@@ -52,6 +52,7 @@ class Variant:
     fn: object  # () -> result, already warmed up
     block: object  # result -> None, waits for completion
     compile_s: float | None = None
+    params: object = None  # the parameters a jax variant runs with
 
 
 def forward_flops(batch, seq_len, inp, hidden, layers, bidirectional, gates) -> float:
@@ -89,7 +90,37 @@ def _jax_variant(name, apply, params, args, mode, compile_times) -> Variant:
     compiled = jax.jit(fn).lower(params, *args).compile()
     compile_s = time.perf_counter() - start
     compile_times[(name, mode)] = compile_s
-    return Variant(name, lambda: compiled(params, *args), jax.block_until_ready, compile_s)
+    return Variant(name, lambda: compiled(params, *args), jax.block_until_ready, compile_s, params)
+
+
+def _nnx_variant(cell, params, args, mode, compile_times, layers, bidirectional, dtype) -> Variant:
+    """jaxrnn.nnx's layer with ``params``, under nnx.jit: forward, or nnx.grad of sum(output)."""
+    from flax import nnx
+
+    import jaxrnn.nnx
+
+    x = args[0]
+    model = getattr(jaxrnn.nnx, cell.upper())(
+        x.shape[-1],
+        params["weight_hh_l0"].shape[1],
+        num_layers=layers,
+        bidirectional=bidirectional,
+        param_dtype=dtype,
+        rngs=nnx.Rngs(0),
+    )
+    for name, value in params.items():
+        getattr(model, name)[...] = value
+    model.eval()
+
+    def forward(model, x, lengths=None):
+        return model(x, seq_lengths=lengths)[0]
+
+    fn = nnx.jit(forward if mode == "fwd" else nnx.grad(lambda m, *a: jnp.sum(forward(m, *a))))
+    start = time.perf_counter()
+    jax.block_until_ready(fn(model, *args))  # compiles
+    compile_s = time.perf_counter() - start
+    compile_times[("jaxrnn nnx", mode)] = compile_s
+    return Variant("jaxrnn nnx (nnx.jit)", lambda: fn(model, *args), jax.block_until_ready, compile_s)
 
 
 def size_config(size: str, force_bidirectional: bool) -> tuple:
@@ -126,6 +157,22 @@ def jax_variants(cell, size, mode, rng, compile_times, quick, dtype, force_bidir
             return module.apply(p, x, seq_lengths=lengths)[0]
 
         variants.append(_jax_variant(f"jaxrnn {name}", apply, params, args, mode, compile_times))
+
+    # The same default layer through the two other APIs: the functional core under jax.jit, and the NNX
+    # layer under nnx.jit (its idiomatic use: the module passed to the jitted function on every call).
+    linen_params = variants[0].params["params"]
+    function = getattr(jaxrnn.functional, cell)
+    variants.append(
+        _jax_variant(
+            "jaxrnn functional",
+            lambda p, x, lengths=None: function(p, x, seq_lengths=lengths)[0],
+            linen_params,
+            args,
+            mode,
+            compile_times,
+        )
+    )
+    variants.append(_nnx_variant(cell, linen_params, args, mode, compile_times, layers, bidirectional, dtype))
 
     for cell_name in FLAX_CELLS[cell]:
         model = FlaxStack(cell_name, hidden, layers, bidirectional, dtype)

@@ -7,6 +7,7 @@ argmax prediction at every step reproduces the sentence shifted by one.
     python experiments/charseq.py
     python experiments/charseq.py --text " seoul is the capital of south korea" --cell lstm
     python experiments/charseq.py --compare-torch     # the same model in torch, same init, SGD, side by side
+    python experiments/charseq.py --api nnx           # the same exercise in Flax NNX (jaxrnn.nnx, nnx.Optimizer)
 """
 
 import argparse
@@ -29,6 +30,7 @@ LR = 0.1
 OPTIMIZER = "adam"
 SEED = 0
 LOG_EVERY = 10
+API = "linen"  # linen (jaxrnn.SequenceModel, optax) | nnx (jaxrnn.nnx layers, nnx.Optimizer)
 
 
 def parse_args(argv=None):
@@ -42,6 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--optimizer", default=OPTIMIZER, choices=["adam", "sgd"])
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--log-every", type=int, default=LOG_EVERY)
+    p.add_argument("--api", default=API, choices=["linen", "nnx"], help="Flax API of the model")
     p.add_argument("--keep-going", action="store_true", help="train all --steps even after an exact reproduction")
     p.add_argument(
         "--compare-torch",
@@ -63,6 +66,10 @@ def main(argv=None) -> int:
     batch = {"inputs": jnp.asarray(ids[None, :-1]), "targets": jnp.asarray(ids[None, 1:])}
     target = vocab.decode(ids[1:])
     print(f"text {args.text!r}: {len(ids)} characters, vocabulary of {len(vocab)} {''.join(vocab.tokens)!r}")
+    if args.api == "nnx":
+        if args.compare_torch:
+            sys.exit("--compare-torch trains the linen model; run it without --api nnx")
+        return train_nnx(args, vocab, ids, batch, target, start)
 
     # -- model: one-hot -> RNN/LSTM/GRU -> linear ---------------------------------------------------
     model = jaxrnn.SequenceModel(vocab_size=len(vocab), hidden_size=args.hidden, cell=args.cell, num_layers=args.layers)
@@ -104,6 +111,67 @@ def main(argv=None) -> int:
         print(f"reproduced the text exactly at step {reproduced[0]} ({elapsed:.1f} s including compilation)")
     else:
         print(f"not reproduced after {len(losses)} steps ({elapsed:.1f} s); try more --steps")
+    return 0
+
+
+def train_nnx(args, vocab, ids, batch, target, start) -> int:
+    """The same exercise in Flax NNX: jaxrnn.nnx's layer, nnx.Linear, nnx.Optimizer, an nnx.jit step."""
+    from flax import nnx
+
+    import jaxrnn.nnx
+
+    class CharModel(nnx.Module):
+        """one-hot ids (N, L) -> RNN/LSTM/GRU -> linear: logits (N, L, vocab), final state."""
+
+        def __init__(self, rngs: nnx.Rngs):
+            layer = {"rnn": jaxrnn.nnx.RNN, "lstm": jaxrnn.nnx.LSTM, "gru": jaxrnn.nnx.GRU}[args.cell]
+            self.rnn = layer(len(vocab), args.hidden, num_layers=args.layers, batch_first=True, rngs=rngs)
+            self.fc = nnx.Linear(args.hidden, len(vocab), rngs=rngs)
+
+        def __call__(self, ids, hx=None):
+            out, h_n = self.rnn(jax.nn.one_hot(ids, len(vocab)), hx)
+            return self.fc(out), h_n
+
+    model = CharModel(nnx.Rngs(args.seed))
+    optimizer = nnx.Optimizer(model, jaxrnn.make_optimizer(args.optimizer, args.lr), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer, inputs, targets):
+        def loss_fn(model):
+            logits, _ = model(inputs)
+            return jaxrnn.masked_cross_entropy(logits, targets), logits
+
+        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        optimizer.update(model, grads)
+        return loss, logits
+
+    def prediction(logits) -> str:
+        return vocab.decode(np.argmax(np.asarray(logits[0]), axis=-1))
+
+    reproduced = None
+    for i in range(1, args.steps + 1):
+        # The prediction checked at step i comes from the parameters before update i, as in the linen run.
+        loss, logits = train_step(model, optimizer, batch["inputs"], batch["targets"])
+        if i == 1 or i % args.log_every == 0 or (prediction(logits) == target and reproduced is None):
+            print(f"step {i:4d}  loss {float(loss):.4f}  prediction {prediction(logits)!r}")
+        if prediction(logits) == target and reproduced is None:
+            reproduced = i
+            if not args.keep_going:
+                break
+    final = prediction(model(batch["inputs"])[0])
+    token, state, generated = jnp.asarray(ids[None, :1]), None, []
+    for _ in range(len(ids) - 1):  # greedy: feed each prediction back with the carried state
+        logits, state = model(token, state)
+        token = jnp.argmax(logits[:, -1:], axis=-1)
+        generated.append(int(token[0, 0]))
+    elapsed = time.perf_counter() - start
+    print(f"final prediction  {final!r}")
+    print(f"target            {target!r}")
+    print(f"greedy generation from {args.text[0]!r}: {args.text[0] + vocab.decode(generated)!r}")
+    if reproduced:
+        print(f"reproduced the text exactly at step {reproduced} ({elapsed:.1f} s including compilation)")
+    else:
+        print(f"not reproduced after {args.steps} steps ({elapsed:.1f} s); try more --steps")
     return 0
 
 
