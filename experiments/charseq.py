@@ -158,12 +158,23 @@ def train_nnx(args, vocab, ids, batch, target, start) -> int:
             reproduced = i
             if not args.keep_going:
                 break
-    final = prediction(model(batch["inputs"])[0])
-    token, state, generated = jnp.asarray(ids[None, :1]), None, []
-    for _ in range(len(ids) - 1):  # greedy: feed each prediction back with the carried state
-        logits, state = model(token, state)
+
+    @nnx.jit
+    def greedy(model, first):
+        """Greedy generation in one compiled call: each prediction is fed back with the carried state."""
+        logits, state = model(first)
         token = jnp.argmax(logits[:, -1:], axis=-1)
-        generated.append(int(token[0, 0]))
+
+        def step(carry, _):
+            token, state = carry
+            logits, state = model(token, state)
+            return (jnp.argmax(logits[:, -1:], axis=-1), state), token[0, 0]
+
+        _, tokens = jax.lax.scan(step, (token, state), length=len(ids) - 1)
+        return tokens
+
+    final = prediction(nnx.jit(lambda model, inputs: model(inputs)[0])(model, batch["inputs"]))
+    generated = np.asarray(greedy(model, jnp.asarray(ids[None, :1]))).tolist()
     elapsed = time.perf_counter() - start
     print(f"final prediction  {final!r}")
     print(f"target            {target!r}")
