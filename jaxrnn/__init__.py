@@ -1,4 +1,4 @@
-"""jaxrnn: PyTorch's RNN, LSTM and GRU as Flax modules, scanned under jit.
+"""jaxrnn: PyTorch's RNN, LSTM and GRU for JAX: Flax linen modules, Flax NNX modules and plain functions.
 
 >>> import jax, jax.numpy as jnp, jaxrnn
 >>> rnn = jaxrnn.LSTM(input_size=4, hidden_size=8, num_layers=2, batch_first=True)
@@ -7,6 +7,9 @@
 >>> output, (h_n, c_n) = rnn.apply(variables, x)
 >>> output.shape, h_n.shape, c_n.shape
 ((3, 5, 8), (2, 3, 8), (2, 3, 8))
+>>> output2, _ = jaxrnn.functional.lstm(variables["params"], x, batch_first=True)  # the same function
+
+Flax NNX: ``jaxrnn.nnx.LSTM(4, 8, 2, batch_first=True, rngs=nnx.Rngs(0))`` (:mod:`jaxrnn.nnx`).
 """
 
 from jaxrnn import functional
