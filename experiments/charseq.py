@@ -103,15 +103,19 @@ def main(argv=None) -> int:
     logits, _ = model.apply({"params": state.params}, batch["inputs"])
     final = vocab.decode(np.argmax(np.asarray(logits[0]), axis=-1))
     generated = vocab.decode(jaxrnn.generate(model, {"params": state.params}, ids[:1], len(ids) - 1, greedy=True))
+    report(args, final, target, generated, reproduced[0] if reproduced else None, len(losses), start)
+    return 0
+
+
+def report(args, final: str, target: str, generated: str, reproduced: int | None, steps: int, start: float) -> None:
     elapsed = time.perf_counter() - start
     print(f"final prediction  {final!r}")
     print(f"target            {target!r}")
     print(f"greedy generation from {args.text[0]!r}: {args.text[0] + generated!r}")
     if reproduced:
-        print(f"reproduced the text exactly at step {reproduced[0]} ({elapsed:.1f} s including compilation)")
+        print(f"reproduced the text exactly at step {reproduced} ({elapsed:.1f} s including compilation)")
     else:
-        print(f"not reproduced after {len(losses)} steps ({elapsed:.1f} s); try more --steps")
-    return 0
+        print(f"not reproduced after {steps} steps ({elapsed:.1f} s); try more --steps")
 
 
 def train_nnx(args, vocab, ids, batch, target, start) -> int:
@@ -174,15 +178,8 @@ def train_nnx(args, vocab, ids, batch, target, start) -> int:
         return tokens
 
     final = prediction(nnx.jit(lambda model, inputs: model(inputs)[0])(model, batch["inputs"]))
-    generated = np.asarray(greedy(model, jnp.asarray(ids[None, :1]))).tolist()
-    elapsed = time.perf_counter() - start
-    print(f"final prediction  {final!r}")
-    print(f"target            {target!r}")
-    print(f"greedy generation from {args.text[0]!r}: {args.text[0] + vocab.decode(generated)!r}")
-    if reproduced:
-        print(f"reproduced the text exactly at step {reproduced} ({elapsed:.1f} s including compilation)")
-    else:
-        print(f"not reproduced after {args.steps} steps ({elapsed:.1f} s); try more --steps")
+    generated = vocab.decode(np.asarray(greedy(model, jnp.asarray(ids[None, :1]))).tolist())
+    report(args, final, target, generated, reproduced, i, start)
     return 0
 
 
