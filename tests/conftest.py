@@ -8,42 +8,45 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-settings.register_profile(
-    "ci",
-    max_examples=20,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.register_profile(
-    "thorough",
-    max_examples=300,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+# function_scoped_fixture: parity_log only appends to the test's record, which all examples share on purpose.
+_SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
+settings.register_profile("ci", max_examples=20, deadline=None, derandomize=True, suppress_health_check=_SUPPRESS)
+settings.register_profile("thorough", max_examples=300, deadline=None, suppress_health_check=_SUPPRESS)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 import pytest  # noqa: E402
 
-# Largest differences seen by the parity tests: {(check, dtype): (value, test id)}.
+# Largest differences seen by the parity tests: {(check, dtype): value}, and configurations per cell kind.
+# Each test records into its report's user_properties, which pytest-xdist sends from the workers to the
+# main process; pytest_runtest_logreport gathers them there (or in the only process, without -n).
 _PARITY: dict[tuple[str, str], float] = {}
 _COUNTS: dict[str, int] = {}
 
 
-@pytest.fixture(scope="session")
-def parity_log():
+@pytest.fixture
+def parity_log(request):
     """Record ``(check, dtype, value)``; the terminal summary prints the largest of each."""
 
     def record(check: str, dtype: str, value: float) -> None:
-        key = (check, dtype)
-        _PARITY[key] = max(_PARITY.get(key, 0.0), float(value))
+        request.node.user_properties.append(("parity", (check, dtype, float(value))))
 
     def count(kind: str) -> None:
-        _COUNTS[kind] = _COUNTS.get(kind, 0) + 1
+        request.node.user_properties.append(("parity_count", kind))
 
     record.count = count
     return record
+
+
+def pytest_runtest_logreport(report):
+    if report.when != "call":
+        return
+    for name, value in report.user_properties:
+        if name == "parity":
+            check, dtype, number = value
+            _PARITY[(check, dtype)] = max(_PARITY.get((check, dtype), 0.0), number)
+        elif name == "parity_count":
+            _COUNTS[value] = _COUNTS.get(value, 0) + 1
 
 
 def pytest_terminal_summary(terminalreporter):

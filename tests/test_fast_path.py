@@ -212,7 +212,7 @@ def test_nan_input_against_torch(cell):
 
 def _pytest_in_subprocess(isa: str, *selectors: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAXRNN_CPU_ISA": isa}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selectors]
+    command = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *selectors]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=os.path.dirname(__file__))
 
 
