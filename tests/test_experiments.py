@@ -24,6 +24,10 @@ RUNS = [
         "| gru | teach | grad | jaxrnn nnx (nnx.jit) |",
     ),
     (
+        "train_benchmark.py --models ptb-small,shakespeare --steps 2 --rounds 1 --warmup 1".split(),
+        "| shakespeare | 32 x 100 |",
+    ),
+    (
         "benchmark.py --cells lstm --sizes teach --modes fwd --repeats 1 --dtype float64 --bidirectional".split(),
         "| lstm | teach | fwd | torch nn.LSTM |",
     ),
