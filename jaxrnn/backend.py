@@ -1,6 +1,6 @@
 """Which loop runs a recurrent layer, and why: jaxrnn's CPU kernel or XLA's loop.
 
-:func:`choose` is the only place that decides; ``Recurrence`` (and so every
+:func:`choose` is the only place that decides; :func:`jaxrnn.recurrence.recurrence` (and so every
 layer and model) asks it once per traced call, and ``python -m jaxrnn.info``
 prints its answers for this machine. Both backends give the same results (the
 tests compare them on NaN, Inf, saturated and ordinary inputs); the kernel is

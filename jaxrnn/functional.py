@@ -49,6 +49,7 @@ from jaxrnn.params import (
     CELLS,
     Stack,
     check_cell_args,
+    check_dropout,
     check_layer_args,
     check_loop_options,
     init_arrays,
@@ -269,9 +270,7 @@ def stacked(
     options = options or LoopOptions()
     stack = Stack.from_params(cell, params, owner, **(expect or {}))
     x = jnp.asarray(x)
-    if x.ndim not in (2, 3):
-        layout = "(N, L, H_in)" if batch_first else "(L, N, H_in)"
-        raise ValueError(f"{owner}: expected input of shape {layout} or unbatched (L, H_in), got {tuple(x.shape)}.")
+    check_input(owner, x, batch_first)
     if x.shape[-1] != stack.input_size:
         raise ValueError(
             f"{owner}: input has {x.shape[-1]} features in its last axis (shape {tuple(x.shape)}), but "
@@ -333,6 +332,13 @@ def stacked(
     return output, h_n, (recorded if options.record_states else None)
 
 
+def check_input(owner: str, x: Array, batch_first: bool) -> None:
+    """Raises unless ``x`` is ``(L, N, H_in)`` / ``(N, L, H_in)`` or unbatched ``(L, H_in)``."""
+    if x.ndim not in (2, 3):
+        layout = "(N, L, H_in)" if batch_first else "(L, N, H_in)"
+        raise ValueError(f"{owner}: expected input of shape {layout} or unbatched (L, H_in), got {tuple(x.shape)}.")
+
+
 def dropout_mask(key: Array, rate: float, x: Array) -> Array:
     """Inverted dropout, as ``torch.nn.functional.dropout`` and ``flax.linen.Dropout``: zero each entry with
     probability ``rate``, scale the rest by ``1 / (1 - rate)``; ``rate = 1`` gives zeros."""
@@ -346,8 +352,7 @@ def _dropout_key(
     owner: str, stack: Stack, dropout: float, deterministic: bool | None, key: Array | None
 ) -> Array | None:
     """The key that drives inter-layer dropout in this call, or None when no dropout runs."""
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
-        raise ValueError(f"{owner}: dropout must be a number in [0, 1], got {dropout!r}.")
+    check_dropout(owner, dropout)
     if deterministic is None:
         deterministic = key is None
     if deterministic or dropout == 0 or stack.num_layers == 1:

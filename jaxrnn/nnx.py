@@ -36,7 +36,6 @@ from flax import nnx
 from jaxrnn import functional
 from jaxrnn.equations import NUM_GATES, kind_of
 from jaxrnn.params import Stack, check_cell_args, check_layer_args, init_arrays, layer_shapes
-from jaxrnn.rnn import check_input
 
 Array = jax.Array
 
@@ -52,6 +51,14 @@ def _dropout_key(rngs: Any, owner: str) -> Array:
     if isinstance(rngs, jax.Array):
         return rngs
     raise TypeError(f"{owner}: rngs must be an nnx.Rngs, an nnx.RngStream or a jax key, got {type(rngs).__name__}.")
+
+
+def _check_eager(owner: str, input_size: Any, rngs: Any) -> None:
+    """What an NNX module needs at construction, since it creates its parameters then."""
+    if input_size is None:
+        raise ValueError(f"{owner}: input_size is required (NNX modules create their parameters eagerly).")
+    if not isinstance(rngs, nnx.Rngs):
+        raise TypeError(f"{owner}: rngs must be an nnx.Rngs (e.g. rngs=nnx.Rngs(0)), got {type(rngs).__name__}.")
 
 
 class _Stacked(nnx.Module):
@@ -97,10 +104,7 @@ class _Stacked(nnx.Module):
             cpu_kernel=cpu_kernel,
             stacklevel=4,
         )
-        if input_size is None:
-            raise ValueError(f"{owner}: input_size is required (NNX modules create their parameters eagerly).")
-        if not isinstance(rngs, nnx.Rngs):
-            raise TypeError(f"{owner}: rngs must be an nnx.Rngs (e.g. rngs=nnx.Rngs(0)), got {type(rngs).__name__}.")
+        _check_eager(owner, input_size, rngs)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout, self.bidirectional = bias, batch_first, dropout, bidirectional
         self.proj_size, self.nonlinearity = proj_size, nonlinearity
@@ -139,8 +143,6 @@ class _Stacked(nnx.Module):
         call; ``rngs`` (a key, ``nnx.Rngs`` or ``nnx.RngStream``) overrides the dropout stream.
         """
         owner = type(self).__name__
-        x = jnp.asarray(x)
-        check_input(owner, x, self.batch_first)
         deterministic = self.deterministic if deterministic is None else deterministic
         training = not deterministic and self.dropout > 0 and self.num_layers > 1
         key = None
@@ -317,10 +319,7 @@ class _Cell(nnx.Module):
     ) -> None:
         owner = type(self).__name__
         check_cell_args(owner, input_size=input_size, hidden_size=hidden_size, bias=bias, nonlinearity=nonlinearity)
-        if input_size is None:
-            raise ValueError(f"{owner}: input_size is required (NNX modules create their parameters eagerly).")
-        if not isinstance(rngs, nnx.Rngs):
-            raise TypeError(f"{owner}: rngs must be an nnx.Rngs (e.g. rngs=nnx.Rngs(0)), got {type(rngs).__name__}.")
+        _check_eager(owner, input_size, rngs)
         self.input_size, self.hidden_size, self.bias, self.nonlinearity = input_size, hidden_size, bias, nonlinearity
         self.param_dtype = jnp.dtype(param_dtype)
         shapes = layer_shapes(NUM_GATES[kind_of(self.cell)], input_size, hidden_size, bias)

@@ -211,8 +211,7 @@ def check_layer_args(
     _positive_int(owner, "num_layers", num_layers)
     for field, value in (("batch_first", batch_first), ("bidirectional", bidirectional)):
         _boolean(owner, field, value)
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
-        raise ValueError(f"{owner}: dropout must be a number in [0, 1], got {dropout!r}.")
+    check_dropout(owner, dropout)
     if dropout > 0 and num_layers == 1:  # torch warns the same
         warnings.warn(
             f"{owner}: dropout acts between recurrent layers, so dropout={dropout} with num_layers=1 does nothing.",
@@ -227,6 +226,12 @@ def check_layer_args(
             f"and hidden_size={hidden_size}."
         )
     check_loop_options(owner, unroll, hoist_input_projection, fused_backward, record_states, cpu_kernel)
+
+
+def check_dropout(owner: str, dropout: Any) -> None:
+    """Raises ``ValueError`` unless ``dropout`` is a number in [0, 1]."""
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
+        raise ValueError(f"{owner}: dropout must be a number in [0, 1], got {dropout!r}.")
 
 
 def check_loop_options(

@@ -62,13 +62,6 @@ def resolve_hx(owner: str, hx: Any, h_0: Any) -> Any:
     return h_0
 
 
-def check_input(owner: str, x: Array, batch_first: bool) -> None:
-    """Raises unless ``x`` is ``(L, N, H_in)`` / ``(N, L, H_in)`` or unbatched ``(L, H_in)``."""
-    if x.ndim not in (2, 3):
-        layout = "(N, L, H_in)" if batch_first else "(L, N, H_in)"
-        raise ValueError(f"{owner}: expected input of shape {layout} or unbatched (L, H_in), got {tuple(x.shape)}.")
-
-
 class _StackedRecurrent(nn.Module):
     """The fields and the call shared by ``RNN``, ``LSTM`` and ``GRU``.
 
@@ -155,7 +148,7 @@ class _StackedRecurrent(nn.Module):
         name = type(self).__name__
         hx = resolve_hx(name, hx, h_0)
         x = jnp.asarray(x)
-        check_input(name, x, self.batch_first)
+        functional.check_input(name, x, self.batch_first)
         stack = self.stack(check_input_size(name, self.input_size, x))
         params = declare_params(self, stack.shapes(), self.hidden_size, self.param_dtype)
         training = not deterministic and self.dropout > 0 and self.num_layers > 1
