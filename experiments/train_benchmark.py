@@ -1,8 +1,9 @@
 """Training-run benchmark: jaxrnn's language-model step against PyTorch's word_language_model loop.
 
-Times whole training steps, not layers: for each model, jaxrnn trains the way
-``jaxrnn.lm.train_language_model`` (and so ``experiments/ptb.py`` and
-``experiments/shakespeare.py``) trains, and torch trains the way
+Times whole training steps, not layers: for each model, jaxrnn trains with
+``jaxrnn.lm.train_language_model``'s own loop (:func:`jaxrnn.lm.train_epoch`:
+compiled blocks of ``block_size`` steps, as ``experiments/ptb.py`` and
+``experiments/shakespeare.py`` train), and torch trains the way
 pytorch/examples ``word_language_model/main.py`` does (``nn.Embedding``,
 dropout, ``nn.LSTM``/``nn.GRU``, ``nn.Linear``, ``log_softmax`` + ``NLLLoss``,
 the hidden state detached between chunks, ``clip_grad_norm_``, SGD in place
@@ -21,7 +22,7 @@ rounds) and the ratio jaxrnn / torch.
 rounds: feeding the chunk, the embedding forward+backward, the recurrent
 stack forward+backward, the output projection + softmax cross-entropy
 forward+backward, gradient clipping, the optimizer update, and the whole
-step as the loops above run it. "rest" is the whole step minus the parts:
+step as the loops above run it (10 consecutive steps, divided by 10). "rest" is the whole step minus the parts:
 per-step Python and dispatch, and whatever a part costs only inside the
 whole step (or saves there by fusion).
 """
@@ -42,10 +43,12 @@ from ptb import CONFIGS as PTB_CONFIGS  # the sibling scripts (this directory is
 from shakespeare import CONFIG as SHAKESPEARE_CONFIG
 
 import jaxrnn
-from jaxrnn.data import bptt_batches, contiguous_streams
-from jaxrnn.lm import LMConfig, init_params, learning_rate_schedule, make_model, make_tbptt_step
-from jaxrnn.parallel import check_batch_sizes, global_batch, process_slice
-from jaxrnn.train import init_train_state, make_optimizer
+from jaxrnn import lm
+from jaxrnn.data import contiguous_streams
+from jaxrnn.lm import LMConfig
+from jaxrnn.losses import linear_cross_entropy
+from jaxrnn.parallel import check_batch_sizes, global_batch
+from jaxrnn.train import clip_by_global_norm, init_train_state, make_optimizer
 
 # -- config ----------------------------------------------------------------------------------
 # The configurations of experiments/ptb.py (small, its GRU twin, small-tied) and experiments/shakespeare.py,
@@ -58,8 +61,10 @@ MODELS = {
 }
 STEPS = 20  # training steps per timed round
 ROUNDS = 7
-WARMUP = 5  # untimed steps of each loop before the first round (compilation, allocator, threads)
+WARMUP = 10  # untimed steps of each loop before the first round (compilation, allocator, threads)
 SETTLE_S = 0.2  # pause before each round: torch's and XLA's idle worker threads spin for a while after work
+WHOLE_STEPS = 10  # --profile: the whole step is timed over this many consecutive steps (one compiled block)
+PART_REPEATS = 6  # --profile: calls of each part per round (the first warms up)
 
 
 def parse_args(argv=None):
@@ -76,38 +81,44 @@ def parse_args(argv=None):
 
 def token_stream(vocab_size: int, config: LMConfig, steps: int, seed: int) -> np.ndarray:
     """Random ids, long enough for ``steps`` chunks of ``bptt`` tokens in each of ``batch_size`` streams."""
-    length = config.batch_size * (config.bptt * steps + 1)
+    length = config.batch_size * (config.bptt * steps + 2)
     return np.random.default_rng(seed).integers(0, vocab_size, length).astype(np.int32)
 
 
 class JaxrnnLoop:
-    """The per-step work of ``jaxrnn.lm.train_language_model``: fold the step into the dropout key, put the
-    chunk on the device, run the jitted TBPTT step, read the loss back to the host."""
+    """``jaxrnn.lm.train_language_model``'s training loop itself: :func:`jaxrnn.lm.train_epoch` runs the
+    chunks in compiled blocks of ``config.block_size`` steps (the next block's chunk fed while one runs,
+    the losses read back after each block)."""
 
     def __init__(self, vocab_size: int, config: LMConfig, ids: np.ndarray, steps_per_epoch: int):
         self.config = config
-        self.model = make_model(config, vocab_size)
+        self.model = lm.make_model(config, vocab_size)
         self.mesh = check_batch_sizes(1, batch_size=config.batch_size, eval_batch_size=config.eval_batch_size)
-        self.local = process_slice(config.batch_size)
         optimizer = make_optimizer(
-            config.optimizer, learning_rate_schedule(config, steps_per_epoch), clip_norm=config.clip_norm
+            config.optimizer, lm.learning_rate_schedule(config, steps_per_epoch), clip_norm=config.clip_norm
         )
-        self.step_fn = make_tbptt_step(self.model, optimizer, self.mesh, self.model.zero_state(config.batch_size))
         self.key = jax.random.key(config.seed)
-        self.state = init_train_state(init_params(config, self.model, self.key), optimizer)
-        self.carry = self.model.zero_state(config.batch_size)
-        self.chunks = list(bptt_batches(contiguous_streams(ids, config.batch_size), config.bptt))
-        self.position = 0
-        self.losses: list[float] = []
+        self.block_fn = lm.make_train_block(self.model, optimizer, self.key)
+        self.run_state = {
+            "train": init_train_state(lm.init_params(config, self.model, self.key), optimizer),
+            "carry": self.model.zero_state(config.batch_size),
+            "chunk": 0,
+            "step_losses": [],
+        }
+        self.streams = contiguous_streams(ids, config.batch_size)
+        self.chunks = (self.streams.shape[1] - 1) // config.bptt
+
+    @property
+    def losses(self) -> list[float]:
+        return self.run_state["step_losses"]
 
     def run(self, steps: int) -> None:
-        for _ in range(steps):
-            x, y = self.chunks[self.position % len(self.chunks)]
-            self.position += 1
-            rng = jax.random.fold_in(self.key, int(self.state.step))
-            x, y = global_batch(self.mesh, x[self.local]), global_batch(self.mesh, y[self.local])
-            self.state, loss, self.carry = self.step_fn(self.state, x, y, self.carry, rng)
-            self.losses.append(float(loss))
+        start = self.run_state["chunk"]
+        if start + steps > self.chunks:
+            raise ValueError(f"the token stream holds {self.chunks} chunks; asked for {start + steps}")
+        self.run_state = lm.train_epoch(
+            self.block_fn, self.run_state, self.streams, self.config, start + steps, self.mesh
+        )
 
 
 class TorchLoop:
@@ -228,12 +239,14 @@ def _median_ms(call, repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def jaxrnn_parts(loop: JaxrnnLoop) -> dict:
+def jaxrnn_parts(loop: JaxrnnLoop, whole_steps: int) -> dict:
     """``{part: () -> None}``: each part of the jaxrnn step as its own jitted call, run to completion."""
     import optax
 
-    config, params = loop.config, loop.state.params
-    x_np, y_np = loop.chunks[0]
+    config = loop.config
+    params = jax.tree.map(jnp.copy, loop.run_state["train"].params)  # the loop donates its own
+    carry = jax.tree.map(jnp.copy, loop.run_state["carry"])
+    x_np, y_np = (a[0] for a in lm.chunk_block(loop.streams, config.bptt, 0, 1))
     x, y = global_batch(loop.mesh, x_np), global_batch(loop.mesh, y_np)
     layer = jaxrnn.recurrent_layer(  # the model's recurrent stack, alone (inter-layer dropout included)
         config.cell,
@@ -245,7 +258,7 @@ def jaxrnn_parts(loop: JaxrnnLoop) -> dict:
     dropout = {"deterministic": False, "rngs": {"dropout": loop.key}} if config.dropout else {}
     embedding = params["embed"]["embedding"]
     emb = embedding[x]
-    out, _ = layer.apply({"params": params["rnn"]}, emb, loop.carry, **dropout)
+    out, _ = layer.apply({"params": params["rnn"]}, emb, carry, **dropout)
     head = (embedding.T, params["fc_bias"]) if config.tie_weights else (params["fc"]["kernel"], params["fc"]["bias"])
 
     @jax.jit
@@ -258,31 +271,24 @@ def jaxrnn_parts(loop: JaxrnnLoop) -> dict:
         return vjp((ct, jax.tree.map(jnp.zeros_like, carry)))
 
     @jax.jit
-    def head_grad(head, out, y):
-        def loss(head, out):
-            w, b = head
-            return optax.softmax_cross_entropy_with_integer_labels(out @ w + b, y).mean()
+    def head_grad(head, out, y):  # the output layer and the loss, fused as SequenceModel(targets=) runs them
+        return jax.value_and_grad(lambda head, out: linear_cross_entropy(out, *head, y), argnums=(0, 1))(head, out)
 
-        return jax.value_and_grad(loss, argnums=(0, 1))(head, out)
-
-    clip = optax.clip_by_global_norm(config.clip_norm)
+    clip = clip_by_global_norm(config.clip_norm)
     base = {"sgd": optax.sgd(config.lr), "adam": optax.adam(config.lr)}[config.optimizer]
     clip_fn = jax.jit(lambda g: clip.update(g, clip.init(g))[0])
     base_state = base.init(params)
     update_fn = jax.jit(lambda g, s, p: optax.apply_updates(p, base.update(g, s, p)[0]))
     ones = jax.tree.map(jnp.ones_like, params)
 
-    def step():
-        loop.run(1)
-
     return {
         "feed the chunk": lambda: jax.block_until_ready(global_batch(loop.mesh, x_np)),
         "embedding fwd+bwd": lambda: jax.block_until_ready(embed_grad(embedding, x, emb)),
-        "recurrent stack fwd+bwd": lambda: jax.block_until_ready(rnn_grad(params["rnn"], emb, loop.carry, out)),
+        "recurrent stack fwd+bwd": lambda: jax.block_until_ready(rnn_grad(params["rnn"], emb, carry, out)),
         "projection + loss fwd+bwd": lambda: jax.block_until_ready(head_grad(head, out, y)),
         "clip gradients": lambda: jax.block_until_ready(clip_fn(ones)),
         "optimizer update": lambda: jax.block_until_ready(update_fn(ones, base_state, params)),
-        "whole step": step,
+        "whole step": lambda: loop.run(whole_steps),
     }
 
 
@@ -326,24 +332,25 @@ def torch_parts(loop: TorchLoop) -> dict:
         "projection + loss fwd+bwd": head,
         "clip gradients": lambda: torch.nn.utils.clip_grad_norm_(params, config.clip_norm),
         "optimizer update": update,
-        "whole step": lambda: loop.run(1),
+        "whole step": lambda: loop.run(WHOLE_STEPS),
     }
 
 
 def profile(name: str, args) -> dict:
     vocab_size, config = MODELS[name]
-    steps = args.warmup + args.rounds * 20
+    steps = args.warmup + args.rounds * PART_REPEATS * WHOLE_STEPS
     ids = token_stream(vocab_size, config, steps, args.seed)
     jl, tl = JaxrnnLoop(vocab_size, config, ids, steps), TorchLoop(vocab_size, config, ids)
     jl.run(args.warmup)
     tl.run(args.warmup)
-    parts = {"jaxrnn": jaxrnn_parts(jl), "torch": torch_parts(tl)}
+    parts = {"jaxrnn": jaxrnn_parts(jl, WHOLE_STEPS), "torch": torch_parts(tl)}
     ms: dict[str, dict[str, list[float]]] = {k: {p: [] for p in v} for k, v in parts.items()}
     for r in range(args.rounds):
         for framework in ("jaxrnn", "torch") if r % 2 == 0 else ("torch", "jaxrnn"):
             time.sleep(SETTLE_S)
             for part, call in parts[framework].items():
-                ms[framework][part].append(_median_ms(call, 5))
+                per_call = _median_ms(call, PART_REPEATS - 1)
+                ms[framework][part].append(per_call / WHOLE_STEPS if part == "whole step" else per_call)
     table = {k: {p: statistics.median(v) for p, v in parts_ms.items()} for k, parts_ms in ms.items()}
     for row in table.values():
         row["rest (whole step - parts)"] = row["whole step"] - sum(v for p, v in row.items() if p != "whole step")

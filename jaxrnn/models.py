@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxrnn.losses import linear_cross_entropy
 from jaxrnn.rnn import GRU, LSTM, RNN, _StackedRecurrent
 
 Array = jax.Array
@@ -47,8 +48,8 @@ class _Recurrent(nn.Module):
     def zero_state(self, batch_size: int, dtype: Any = jnp.float32) -> Any:
         """The all-zero recurrent state for ``batch_size`` streams (``h``, or ``(h, c)`` for LSTM)."""
         D = 2 if self.bidirectional else 1
-        h = jnp.zeros((D * self.num_layers, batch_size, self.hidden_size), dtype)
-        return (h, h) if self.cell == "lstm" else h
+        shape = (D * self.num_layers, batch_size, self.hidden_size)
+        return (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) if self.cell == "lstm" else jnp.zeros(shape, dtype)
 
     def _encode(
         self, ids: Array, state: Any, seq_lengths: Array | None, deterministic: bool
@@ -83,6 +84,22 @@ class _Recurrent(nn.Module):
         return out, state, embed
 
 
+class _Softmax(nn.Module):
+    """The output layer ``features (..., H) -> logits (..., V)``; parameters exactly ``nn.Dense``'s
+    (``kernel (H, V)``, lecun-normal; ``bias (V,)``, zeros). With ``targets`` it returns their mean
+    cross-entropy instead of the logits, through :func:`jaxrnn.losses.linear_cross_entropy`."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: Array, targets: Array | None = None) -> Array:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        if targets is None:
+            return x @ kernel + bias
+        return linear_cross_entropy(x, kernel, bias, targets)
+
+
 class SequenceModel(_Recurrent):
     """Language model: ``ids (N, L) -> (logits (N, L, vocab_size), state)``.
 
@@ -90,6 +107,13 @@ class SequenceModel(_Recurrent):
     for LSTM); pass it back as ``state`` to continue a stream (truncated BPTT,
     generation). Call: ``model.apply(variables, ids, state=None,
     seq_lengths=None, deterministic=True)``.
+
+    With ``targets`` (ids ``(N, L)``, the next token at each position) the call
+    returns ``(loss, state)`` instead: the mean cross-entropy over all ``N*L``
+    positions, computed with the output layer by
+    :func:`jaxrnn.losses.linear_cross_entropy` (the logits are never returned,
+    and their gradient is formed in the forward pass). Training uses this form;
+    the value equals the cross-entropy of the logits to float rounding.
 
     ``tie_weights=True`` shares the embedding matrix with the output layer
     (Press & Wolf 2017; Inan et al. 2017): ``logits = out @ embed.T + fc_bias``.
@@ -109,13 +133,25 @@ class SequenceModel(_Recurrent):
 
     @nn.compact
     def __call__(
-        self, ids: Array, state: Any = None, seq_lengths: Array | None = None, deterministic: bool = True
+        self,
+        ids: Array,
+        state: Any = None,
+        seq_lengths: Array | None = None,
+        deterministic: bool = True,
+        targets: Array | None = None,
     ) -> tuple[Array, Any]:
         out, state, embed = self._encode(ids, state, seq_lengths, deterministic)
-        if self.tie_weights:
-            bias = self.param("fc_bias", nn.initializers.zeros_init(), (self.vocab_size,))
+        if targets is not None and seq_lengths is not None:
+            raise ValueError(
+                "SequenceModel: targets= gives the mean loss over every position, so it cannot be combined with "
+                "seq_lengths; compute the logits and use jaxrnn.masked_cross_entropy for padded batches."
+            )
+        if not self.tie_weights:
+            return _Softmax(self.vocab_size, name="fc")(out, targets), state
+        bias = self.param("fc_bias", nn.initializers.zeros_init(), (self.vocab_size,))
+        if targets is None:
             return embed.attend(out) + bias, state
-        return nn.Dense(self.vocab_size, name="fc")(out), state
+        return linear_cross_entropy(out, embed.embedding.T, bias, targets), state
 
 
 class Classifier(_Recurrent):

@@ -15,7 +15,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from tqdm.auto import tqdm
 
 from jaxrnn.padding import lengths_to_mask
 
@@ -32,6 +31,35 @@ class TrainState(NamedTuple):
     step: Array
 
 
+def global_norm(tree: Any) -> Array:
+    """``sqrt(sum of squares)`` over every leaf of ``tree`` (``optax.global_norm``'s value).
+
+    Each leaf's sum of squares is a dot product of the flattened leaf with
+    itself, which XLA's CPU backend runs as a vectorised reduction; optax's
+    ``sum(square(x))`` is rewritten there into a windowed reduction that took
+    7 ms of a 100 ms PTB-small step for the 2-million-element softmax kernel.
+    """
+    squares = [jnp.vdot(leaf.ravel(), leaf.ravel()).real for leaf in jax.tree.leaves(tree)]
+    return jnp.sqrt(sum(squares, jnp.zeros((), jnp.result_type(*squares) if squares else jnp.float32)))
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """``optax.clip_by_global_norm(max_norm)`` with :func:`global_norm`: the same rule (updates scaled by
+    ``max_norm / norm`` when their global norm exceeds ``max_norm``), faster on CPU."""
+
+    def init(params: Any) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
+        del params
+        norm = global_norm(updates)
+        trigger = jnp.squeeze(norm < max_norm)
+        return jax.tree.map(lambda g: jax.lax.select(trigger, g, (g / norm.astype(g.dtype)) * max_norm), updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(
     name: str = "adam",
     learning_rate: float | optax.Schedule = 1e-2,
@@ -39,7 +67,7 @@ def make_optimizer(
     clip_norm: float | None = None,
     momentum: float | None = None,
 ) -> optax.GradientTransformation:
-    """``'adam' | 'sgd' | 'adamw' | 'rmsprop'``, optionally after ``clip_by_global_norm(clip_norm)``.
+    """``'adam' | 'sgd' | 'adamw' | 'rmsprop'``, optionally after :func:`clip_by_global_norm` ``(clip_norm)``.
 
     ``learning_rate`` may be an optax schedule (``optax.exponential_decay``, ...).
     """
@@ -55,7 +83,7 @@ def make_optimizer(
     if clip_norm is not None:
         if clip_norm <= 0:
             raise ValueError(f"make_optimizer: clip_norm must be positive, got {clip_norm}.")
-        optimizer = optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
+        optimizer = optax.chain(clip_by_global_norm(clip_norm), optimizer)
     return optimizer
 
 
@@ -177,6 +205,8 @@ def fit(
     True ends training early. Returns the final state and the loss of every step.
     """
     losses: list[float] = []
+    from tqdm.auto import tqdm  # progress output stays off the library's import path
+
     bar = tqdm(total=num_steps, disable=not progress, leave=False, dynamic_ncols=True)
     for i, batch in zip(range(1, num_steps + 1), batches):
         step_rng = None

@@ -81,23 +81,23 @@ def test_resume_between_epochs_gives_identical_parameters(tmp_path):
 
 def test_resume_after_a_kill_mid_epoch_gives_identical_parameters(tmp_path, monkeypatch):
     straight = _train(tmp_path / "straight")
-    real = lm.make_tbptt_step
+    real = lm.make_train_block
 
-    def dying_step_factory(*args):
-        step, calls = real(*args), []
+    def dying_block_factory(*args):
+        block, steps = real(*args), []
 
-        def dying(*args):
-            calls.append(1)
-            if len(calls) == 27:  # epoch 2, after its checkpoint at chunk 6
+        def dying(state, xs, *rest):
+            if sum(steps) >= 27:  # 20 chunks per epoch: in epoch 2, after its checkpoint at chunk 9
                 raise KeyboardInterrupt("killed")
-            return step(*args)
+            steps.append(len(xs))
+            return block(state, xs, *rest)
 
         return dying
 
-    monkeypatch.setattr(lm, "make_tbptt_step", dying_step_factory)
+    monkeypatch.setattr(lm, "make_train_block", dying_block_factory)
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path / "killed", checkpoint_every=3)
-    monkeypatch.setattr(lm, "make_tbptt_step", real)
+    monkeypatch.setattr(lm, "make_train_block", real)
     resumed = _train(tmp_path / "killed", resume=True, checkpoint_every=3)
     for a, b in zip(jax.tree.leaves(straight["params"]), jax.tree.leaves(resumed["params"])):
         np.testing.assert_array_equal(a, b)
