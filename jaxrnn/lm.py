@@ -52,7 +52,7 @@ from jaxrnn.parallel import (
     replicated,
     state_sharding,
 )
-from jaxrnn.train import TrainState, init_train_state, make_optimizer
+from jaxrnn.train import TrainState, init_train_state, make_optimizer, train_update
 
 Array = jax.Array
 
@@ -145,14 +145,12 @@ def make_train_block(
     shardings: train state replicated, carried state split over ``data``; ``xs``, ``ys`` are
     split along ``B``. The loss is the mean over the global batch.
     """
-    loss_fn = tbptt_loss(model)
+    chunk_loss = tbptt_loss(model)
+    update = train_update(lambda p, batch, rng: chunk_loss(p, batch["x"], batch["y"], batch["carry"], rng), optimizer)
 
     def one_step(state: TrainState, x: Array, y: Array, carry: Any) -> tuple[TrainState, Array, Any]:
-        rng = jax.random.fold_in(key, state.step)
-        (loss, carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, y, carry, rng)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state, state.step + 1), loss, jax.lax.stop_gradient(carry)
+        state, loss, carry = update(state, {"x": x, "y": y, "carry": carry}, jax.random.fold_in(key, state.step))
+        return state, loss, jax.lax.stop_gradient(carry)
 
     def block(state: TrainState, xs: Array, ys: Array, carry: Any) -> tuple[TrainState, Array, Any]:
         def body(c, xy):
@@ -223,7 +221,7 @@ def evaluate_stream(model: SequenceModel, params: Any, ids: np.ndarray, batch_si
     local = process_slice(batch_size)
     chunks = num_bptt_batches(streams, bptt)
     full = (streams.shape[1] - 1) // bptt
-    carry = jax.device_put(model.zero_state(batch_size), state_sharding(mesh, model.zero_state(batch_size)))
+    carry = _zero_carry(model, batch_size, state_sharding(mesh, model.zero_state(batch_size)))
     total, count = 0.0, 0
     for a, b in block_bounds(0, chunks, chunks, cuts=(full,)):
         xs, ys = chunk_block(streams, bptt, a, b)

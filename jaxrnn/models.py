@@ -95,9 +95,12 @@ class _Softmax(nn.Module):
     def __call__(self, x: Array, targets: Array | None = None) -> Array:
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        if targets is None:
-            return x @ kernel + bias
-        return linear_cross_entropy(x, kernel, bias, targets)
+        return _output(x, kernel, bias, targets)
+
+
+def _output(x: Array, kernel: Array, bias: Array, targets: Array | None) -> Array:
+    """``x @ kernel + bias`` (the logits), or with ``targets`` their mean cross-entropy, fused."""
+    return x @ kernel + bias if targets is None else linear_cross_entropy(x, kernel, bias, targets)
 
 
 class SequenceModel(_Recurrent):
@@ -149,9 +152,7 @@ class SequenceModel(_Recurrent):
         if not self.tie_weights:
             return _Softmax(self.vocab_size, name="fc")(out, targets), state
         bias = self.param("fc_bias", nn.initializers.zeros_init(), (self.vocab_size,))
-        if targets is None:
-            return embed.attend(out) + bias, state
-        return linear_cross_entropy(out, embed.embedding.T, bias, targets), state
+        return _output(out, embed.embedding.T, bias, targets), state
 
 
 class Classifier(_Recurrent):
