@@ -3,8 +3,9 @@
 Finds every ``nn.RNN``/``nn.LSTM``/``nn.GRU`` in the checkpoint (or the one
 under ``--prefix``), loads it into torch and into jaxrnn, runs both on the
 same random input with and without ``seq_lengths``, prints the largest
-absolute difference of outputs and states, and exits 1 if any exceeds
-``--atol`` (2 if the checkpoint holds no recurrent layer).
+absolute difference of outputs and states. Exit status: 0 every difference
+within ``--atol``; 1 some difference exceeds it; 2 the checkpoint cannot be
+read, or holds no recurrent layer (a message, no traceback).
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from interop.checkpoint import CheckpointError, load_checkpoint
+from interop.checkpoint import read_checkpoint
+from interop.formats import FORMATS, CheckpointError
 from interop.parity import find_recurrent_layers, max_abs_diffs
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m interop.check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help=".pt/.pth/.bin (read with weights_only=True) or .safetensors")
+    parser.add_argument(
+        "checkpoint", help="torch checkpoint (any container interop.read_checkpoint reads) or .safetensors"
+    )
     parser.add_argument("--prefix", help="check only the layer whose keys start with this, e.g. 'rnn.'")
     parser.add_argument("--key", help="entry of a training checkpoint dict that holds the state_dict")
     parser.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="for nn.RNN layers")
@@ -31,10 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     try:
-        state_dict = load_checkpoint(args.checkpoint, key=args.key)
+        checkpoint = read_checkpoint(args.checkpoint, key=args.key)
     except (FileNotFoundError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    state_dict = checkpoint.state_dict
+    where = f", entry {checkpoint.entry!r}" if checkpoint.entry else ""
+    print(f"{args.checkpoint}: {FORMATS[checkpoint.format]}{where}")
     layers = find_recurrent_layers(state_dict)
     if args.prefix is not None:
         layers = {p: spec for p, spec in layers.items() if p == args.prefix}
@@ -51,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         module = getattr(torch.nn, kind)(
             **config, dtype=sub["weight_ih" + ("" if kind.endswith("Cell") else "_l0")].dtype
         )
-        module.load_state_dict({k: v for k, v in sub.items() if k in module.state_dict()})
+        try:
+            module.load_state_dict({k: v for k, v in sub.items() if k in module.state_dict()})
+        except RuntimeError as e:  # e.g. bias_ih without bias_hh: not a layer torch can build
+            print(f"error: {prefix or '(top level)'}: the weights do not make a torch.nn.{kind}: {e}", file=sys.stderr)
+            return 2
         module.eval()
         diffs = max_abs_diffs(module, batch=args.batch, seq_len=args.seq_len, seed=args.seed)
         settings = ", ".join(f"{k}={v}" for k, v in config.items())

@@ -1,113 +1,76 @@
-"""``from_torch`` / ``to_torch``: one recurrent module at a time, both ways, losslessly."""
+"""Convert any torch checkpoint jaxrnn reads into plain named arrays: ``python -m interop.convert IN OUT``.
+
+``IN`` is anything :func:`interop.read_checkpoint` reads (a ``torch.save``
+file holding a state dict, a training-checkpoint dict or a whole pickled
+model, a Lightning ``.ckpt``, TorchScript, ``torch.export`` ``.pt2``,
+safetensors); nothing in it is executed. ``OUT`` is written by its
+extension: ``.safetensors`` (readable by torch, JAX and numpy without
+pickles) or ``.msgpack`` (``flax.serialization.msgpack_restore`` gives the
+``{key: array}`` dict back). The command lists every key with its shape and
+dtype, and the objects of the file it left out. Exit status: 0 written,
+2 the input cannot be read or the output cannot be written.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import os
+import sys
+from collections.abc import Mapping
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-from flax import nnx
+import numpy as np
 
-import jaxrnn
-import jaxrnn.nnx
-from interop.state_dict import load_state_dict, to_numpy, to_state_dict
+from interop.checkpoint import read_checkpoint
+from interop.formats import FORMATS, CheckpointError
+from interop.keys import rename_keys
 
-# torch class name -> (jaxrnn class, constructor arguments shared by both).
-_STACKED = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")
-_CELL = ("input_size", "hidden_size", "bias")
-_SPECS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
-    "RNN": (jaxrnn.RNN, _STACKED + ("nonlinearity",)),
-    "LSTM": (jaxrnn.LSTM, _STACKED + ("proj_size",)),
-    "GRU": (jaxrnn.GRU, _STACKED),
-    "RNNCell": (jaxrnn.RNNCell, _CELL + ("nonlinearity",)),
-    "LSTMCell": (jaxrnn.LSTMCell, _CELL),
-    "GRUCell": (jaxrnn.GRUCell, _CELL),
-}
-_NNX = {name: getattr(jaxrnn.nnx, name) for name in _SPECS}
-_JAX_TO_TORCH = {cls: name for name, (cls, _) in _SPECS.items()} | {cls: name for name, cls in _NNX.items()}
-APIS = ("linen", "nnx", "functional")
+OUTPUTS = (".safetensors", ".msgpack")
 
 
-def _spec_for_torch(module: Any) -> tuple[type[nn.Module], tuple[str, ...]]:
-    import torch
+def write_arrays(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """Writes ``{key: array}`` as ``.safetensors`` or ``.msgpack``, by ``path``'s extension."""
+    ext = os.path.splitext(path)[1].lower()
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}  # own memory: shared (tied) arrays are copied
+    if ext == ".safetensors":
+        from safetensors.numpy import save_file
 
-    for name, spec in _SPECS.items():
-        if type(module) is getattr(torch.nn, name):
-            return spec
-    raise TypeError(
-        f"from_torch: expected torch.nn.RNN, LSTM, GRU, RNNCell, LSTMCell or GRUCell, got {type(module).__name__}. "
-        "For a whole model, use interop.load_state_dict(flax_model, torch_model.state_dict(), example_input)."
-    )
+        save_file(arrays, path)
+    elif ext == ".msgpack":
+        from flax import serialization
+
+        with open(path, "wb") as f:
+            f.write(serialization.msgpack_serialize(arrays))
+    else:
+        raise CheckpointError(f"{path}: unknown output extension {ext!r}; expected one of {', '.join(OUTPUTS)}.")
 
 
-def from_torch(module: Any, api: str = "linen", *, rngs: nnx.Rngs | None = None) -> Any:
-    """A torch recurrent module -> its jaxrnn twin, configured and weighted identically, in one of three APIs.
-
-    Accepts ``torch.nn.RNN``, ``LSTM``, ``GRU``, ``RNNCell``, ``LSTMCell`` and
-    ``GRUCell``. Parameters are copied bit for bit in their own dtype
-    (float64 needs ``jax.config.update('jax_enable_x64', True)``).
-
-    * ``api="linen"``: ``(jaxrnn_module, variables)``; call ``module.apply(variables, x, hx)``.
-    * ``api="nnx"``: a :mod:`jaxrnn.nnx` module in eval mode (as torch's eval mode: no dropout);
-      call ``module(x, hx)``. ``rngs`` seeds its dropout stream (default ``nnx.Rngs(0)``).
-    * ``api="functional"``: ``(params, kwargs)``: call ``jaxrnn.functional.lstm(params, x, hx, **kwargs)``
-      (``rnn``/``gru``/``lstm_cell``/... by the torch class); ``kwargs`` holds ``batch_first``,
-      ``dropout`` and RNN's ``nonlinearity``; the rest is read from the params' keys.
-    """
-    if api not in APIS:
-        raise ValueError(f"from_torch: api must be one of {APIS}, got {api!r}.")
-    cls, fields = _spec_for_torch(module)
-    dtype = next(module.parameters()).dtype
-    param_dtype = jnp.dtype(str(dtype).removeprefix("torch."))
-    if param_dtype.itemsize == 8 and not jax.config.jax_enable_x64:
-        raise ValueError(
-            f"from_torch: the torch module is {dtype}, but JAX's 64-bit mode is off, so its weights would be "
-            "rounded to float32. Enable it with jax.config.update('jax_enable_x64', True), or convert the "
-            "module with .float() first."
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m interop.convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("input", help="torch checkpoint (any container jaxrnn reads) or .safetensors")
+    parser.add_argument("output", help="output file: .safetensors or .msgpack")
+    parser.add_argument("--key", help="entry of a training-checkpoint dict that holds the model (dotted path)")
+    parser.add_argument("--strip-prefix", default="", help="remove this prefix from every key, e.g. 'model.'")
+    args = parser.parse_args(argv)
+    try:
+        checkpoint = read_checkpoint(args.input, key=args.key)
+        prefix = args.strip_prefix
+        arrays = rename_keys(
+            checkpoint.state_dict, lambda k: k[len(prefix) :] if prefix and k.startswith(prefix) else k
         )
-    config = {f: getattr(module, f) for f in fields}
-    if api == "functional":
-        params = {k: jnp.asarray(to_numpy(v), param_dtype) for k, v in module.state_dict().items()}
-        return params, {k: config[k] for k in ("batch_first", "dropout", "nonlinearity") if k in config}
-    if api == "nnx":
-        nnx_module = _NNX[type(module).__name__](**config, param_dtype=param_dtype, rngs=rngs or nnx.Rngs(0))
-        load_state_dict(nnx_module, module.state_dict())
-        nnx_module.eval()
-        return nnx_module
-    jax_module = cls(**config, param_dtype=param_dtype)
-    return jax_module, load_state_dict(jax_module, module.state_dict())
+        write_arrays(args.output, arrays)
+    except (FileNotFoundError, CheckpointError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    where = f", entry {checkpoint.entry!r}" if checkpoint.entry else ""
+    print(f"{args.input}: {FORMATS[checkpoint.format]}{where}")
+    width = max(len(k) for k in arrays) if arrays else 0
+    for key, value in arrays.items():
+        print(f"  {key:<{width}}  {str(tuple(value.shape)):<14} {value.dtype}")
+    for item in checkpoint.left_out:
+        print(f"  left out (not loaded, never run): {item}")
+    print(f"wrote {len(arrays)} arrays to {args.output} ({os.path.getsize(args.output):,} bytes)")
+    return 0
 
 
-def to_torch(module: nn.Module | nnx.Module, variables: dict[str, Any] | None = None) -> Any:
-    """A jaxrnn layer or cell -> the equivalent torch module (in eval mode).
-
-    linen: ``to_torch(module, variables)``; NNX: ``to_torch(module)`` (its parameters are in the module).
-    """
-    import torch
-
-    if type(module) not in _JAX_TO_TORCH:
-        raise TypeError(
-            f"to_torch: expected a jaxrnn RNN, LSTM, GRU or cell (linen or NNX), got {type(module).__name__}. "
-            "For a whole model, use interop.to_state_dict(variables or nnx_module) and torch_model.load_state_dict."
-        )
-    is_nnx = isinstance(module, nnx.Module)
-    if is_nnx == (variables is not None):
-        raise TypeError(
-            "to_torch: an NNX module holds its parameters: call to_torch(module)."
-            if is_nnx
-            else "to_torch: a linen module needs its variables: call to_torch(module, variables)."
-        )
-    name = _JAX_TO_TORCH[type(module)]
-    _, fields = _SPECS[name]
-    state = to_state_dict(module if is_nnx else variables)
-    config = {f: getattr(module, f) for f in fields}
-    if config["input_size"] is None:
-        key = "weight_ih_l0" if "num_layers" in config else "weight_ih"
-        if key not in state:
-            raise KeyError(f"to_torch: variables['params'] has no {key!r}; got {sorted(state)}.")
-        config["input_size"] = int(state[key].shape[1])
-    dtype = getattr(torch, str(next(iter(state.values())).dtype))
-    torch_module = getattr(torch.nn, name)(**config, dtype=dtype)
-    torch_module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-    return torch_module.eval()
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,7 +9,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from interop.convert import from_torch
+from interop.modules import from_torch
 
 _LAYER_KEY = re.compile(r"^(?P<prefix>.*?)weight_ih(?P<stacked>_l0)?$")
 _GATES = {1: "RNN", 3: "GRU", 4: "LSTM"}

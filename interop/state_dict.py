@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
+from interop.keys import Rename, cell_alias, prefix_hint, rename_keys, retie, strip_wrapper, untie
 from jaxrnn.cells import _Cell
 from jaxrnn.rnn import _StackedRecurrent
 
@@ -43,8 +44,9 @@ class StateDictError(ValueError):
         missing: list[str],
         unexpected: list[str],
         mismatched: list[tuple[str, tuple, tuple]],
+        hint: str | None = None,
     ):
-        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        self.missing, self.unexpected, self.mismatched, self.hint = missing, unexpected, mismatched, hint
         lines = [f"Error(s) loading state_dict into {target}:"]
         if missing:
             lines.append(f"  missing keys ({len(missing)}): {', '.join(missing)}")
@@ -52,6 +54,8 @@ class StateDictError(ValueError):
             lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
         for key, expected, got in mismatched:
             lines.append(f"  shape mismatch for {key}: expected {expected}, got {got}")
+        if hint:
+            lines.append(f"  hint: {hint}")
         super().__init__("\n".join(lines))
 
 
@@ -107,6 +111,8 @@ def load_state_dict(
     *example_args: Any,
     prefix: str = "",
     strict: bool = True,
+    rename: Rename | None = None,
+    tied: Mapping[str, str] | None = None,
     **example_kwargs: Any,
 ) -> Any:
     """Loads a torch ``state_dict`` into Flax ``variables`` for a linen ``module``, or into an NNX module in place.
@@ -127,6 +133,20 @@ def load_state_dict(
         ``rnn`` submodule of a torch model into a lone jaxrnn layer.
       strict: when False, keys of ``state_dict`` that the module does not use
         are ignored. Missing keys and shape mismatches are always errors.
+      rename: the file's keys -> the module's (see :func:`interop.keys.rename_keys`):
+        a function, or a mapping of exact keys and module paths ending in
+        ``'.'``, e.g. ``{'encoder.': 'embed.', 'decoder.': 'fc.'}``.
+      tied: ``{alias: source}`` for weights the torch model shares, in the
+        file's key names, e.g. ``{'decoder.weight': 'encoder.weight'}``: the
+        alias must equal the source (or stand in for it, when the file kept
+        only the alias) and is then not an unexpected key under ``strict``.
+
+    Keys also fit without being asked when (a) every key carries one wrapper
+    prefix (``module.`` from DataParallel/DDP, ``model.`` from Lightning,
+    ``_orig_mod.`` from ``torch.compile``) and removing it, and no other,
+    makes them fit; (b) a one-layer unidirectional jaxrnn layer is loaded
+    from an ``nn.LSTMCell``/``GRUCell``/``RNNCell``'s keys (``weight_ih``
+    for ``weight_ih_l0``).
 
     Returns:
       linen: ``{'params': ...}`` with each array converted to the dtype the
@@ -135,10 +155,13 @@ def load_state_dict(
 
     Raises:
       StateDictError: listing every missing, unexpected and misshapen key
-        (misshapen with expected vs got shape, in torch's layout). Nothing is
+        (misshapen with expected vs got shape, in torch's layout), with a
+        hint when all expected keys sit under another prefix. Nothing is
         changed when it raises.
+      ValueError: a ``tied`` pair whose two weights differ.
     """
     target = type(module).__name__
+    state_dict = rename_keys(untie(state_dict, tied), rename)
     if isinstance(module, nnx.Module):
         if example_args or example_kwargs:
             raise TypeError(f"load_state_dict: {target} is an NNX module; it needs no example inputs.")
@@ -165,42 +188,71 @@ def _match(
 
     Raises :class:`StateDictError` naming every missing, unexpected and misshapen key.
     """
+    keys = {path: torch_key(path, prefix) for path in expected}
+    wanted = [key for key, _ in keys.values()]
+
+    def source(key: str, sd: Mapping[str, Any]) -> str | None:
+        if key in sd:
+            return key
+        alias = cell_alias(key, wanted)
+        return alias if alias is not None and alias in sd else None
+
+    state_dict, _ = strip_wrapper(state_dict, lambda sd: all(source(k, sd) is not None for k in wanted))
     flat: dict[tuple, Any] = {}
     missing, mismatched, used = [], [], set()
     for path, abstract in expected.items():
-        key, transposed = torch_key(path, prefix)
+        key, transposed = keys[path]
         want = tuple(reversed(abstract.shape)) if transposed else tuple(abstract.shape)
-        if key not in state_dict:
+        found = source(key, state_dict)
+        if found is None:
             missing.append(key)
             continue
-        used.add(key)
-        value = to_numpy(state_dict[key])
+        used.add(found)
+        value = to_numpy(state_dict[found])
         if tuple(value.shape) != want:
-            mismatched.append((key, want, tuple(value.shape)))
+            mismatched.append((found, want, tuple(value.shape)))
             continue
         flat[path] = jnp.asarray(value.T if transposed else value, dtype=abstract.dtype)
     # Keys outside the prefix belong to other parts of a bigger checkpoint: not unexpected.
     unexpected = [k for k in state_dict if k.startswith(prefix) and k not in used] if strict else []
     if missing or unexpected or mismatched:
-        raise StateDictError(target, missing, unexpected, mismatched)
+        hint = None
+        if missing:
+            under = prefix_hint(wanted, state_dict)
+            if under is not None:
+                hint = f"every expected key is in the state_dict under {under!r}: pass prefix={under + prefix!r}."
+        raise StateDictError(target, missing, unexpected, mismatched, hint)
     return flat
 
 
-def to_state_dict(variables: Mapping[str, Any] | nnx.Module, prefix: str = "") -> dict[str, np.ndarray]:
+def to_state_dict(
+    variables: Mapping[str, Any] | nnx.Module,
+    prefix: str = "",
+    *,
+    rename: Rename | None = None,
+    tied: Mapping[str, str] | None = None,
+) -> dict[str, np.ndarray]:
     """Flax linen ``variables``, or an NNX module -> torch-style ``{key: numpy array}``.
 
     The inverse of :func:`load_state_dict`. Feed it to
     ``torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in ...})``.
+    ``rename`` maps jaxrnn's keys to the torch model's (e.g.
+    ``{'embed.': 'encoder.'}``, or :func:`interop.keys.cell_keys` for a
+    model that runs an ``nn.LSTMCell``); ``tied`` (``{alias: source}``, in
+    the torch model's names, e.g. ``{'decoder.weight': 'encoder.weight'}``)
+    writes a shared weight under both names, as torch's strict
+    ``load_state_dict`` of a tied model wants it.
     """
     if isinstance(variables, nnx.Module):
         params = {path: v[...] for path, v in nnx.to_flat_state(nnx.state(variables, nnx.Param))}
-        return _torch_arrays(params, prefix)
-    if not isinstance(variables, Mapping) or "params" not in variables:
+    elif not isinstance(variables, Mapping) or "params" not in variables:
         raise KeyError(
             "to_state_dict: expected Flax variables with a 'params' collection or an NNX module, got "
             f"{list(variables) if isinstance(variables, Mapping) else type(variables).__name__}."
         )
-    return _torch_arrays(traverse_util.flatten_dict(dict(variables["params"])), prefix)
+    else:
+        params = traverse_util.flatten_dict(dict(variables["params"]))
+    return retie(rename_keys(_torch_arrays(params, prefix), rename), tied)
 
 
 def _torch_arrays(params: Mapping[tuple, Any], prefix: str) -> dict[str, np.ndarray]:

@@ -1,0 +1,209 @@
+"""Reading the pickles inside torch files without running any code from them.
+
+torch's own restricted unpickler (the one behind ``torch.load(weights_only=True)``)
+reads the file; every global it does not allow by default (a model class, an
+``argparse.Namespace``, a numpy scalar, ``builtins.exec`` in a crafted file) is
+registered, for this one load, through ``torch.serialization.safe_globals`` as
+an :class:`Unloaded` placeholder class carrying the global's name. Calling or
+instantiating a placeholder records its arguments and nothing else: no
+``__reduce__`` target runs, no class is imported from the file. Globals from
+``os``/``sys`` are refused by torch itself, placeholder or not, so a file that
+names them is refused whole.
+
+Afterwards, placeholders that are pickled ``nn.Module``s (or TorchScript
+objects) yield their ``state_dict`` (:func:`module_state_dict`), and numeric
+numpy scalars and arrays are rebuilt from their bytes (:func:`materialize`);
+everything else stays an inert :class:`Unloaded`, reported by class name.
+"""
+
+from __future__ import annotations
+
+import io
+import types
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+_MODULE_FIELDS = frozenset({"_parameters", "_buffers", "_modules"})
+
+
+class Unloaded:
+    """An object from a checkpoint that was not built: its global's name and its pickled arguments and state.
+
+    Attributes:
+      global_name: the pickled global, e.g. ``'argparse.Namespace'`` or ``'__main__.RNNModel'``.
+      args: the arguments the pickle passed to the global.
+      state: what the pickle passed to ``__setstate__`` (for most objects, their ``__dict__``), or None.
+      items: entries the pickle set on it (for dict subclasses such as ``collections.defaultdict``).
+    """
+
+    global_name = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Unloaded:
+        obj = object.__new__(cls)
+        obj.args, obj.state, obj.items = args, None, {}
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.items[key] = value
+
+    def __repr__(self) -> str:
+        return f"<{self.global_name}, not loaded>"
+
+
+def placeholders(names: list[str]) -> list[tuple[type, str]]:
+    """One :class:`Unloaded` subclass per global name, as ``(class, name)`` pairs for ``safe_globals``."""
+    return [(type(name.rsplit(".", 1)[-1], (Unloaded,), {"global_name": name}), name) for name in sorted(names)]
+
+
+def _pickle_module(unpickler_base: type) -> types.SimpleNamespace:
+    """A ``pickle_module`` for ``torch.serialization._load``: torch's restricted unpickler, plus item
+    assignment on placeholders (torch's allows it on dict, OrderedDict and Counter only)."""
+
+    class Unpickler(unpickler_base):  # type: ignore[misc, valid-type]
+        def _check_set_item_target(self, opcode: str) -> None:
+            if not isinstance(self.stack[-1], Unloaded):
+                super()._check_set_item_target(opcode)
+
+    return types.SimpleNamespace(Unpickler=Unpickler)
+
+
+def load_zip_pickle(path: str, pickle_file: str = "data.pkl") -> Any:
+    """The object pickled as ``pickle_file`` in the torch zip archive at ``path``, tensors on the CPU.
+
+    Raises ``pickle.UnpicklingError`` (from torch) if the pickle uses what even
+    placeholders cannot stand in for: a global from ``os``/``sys``, or an
+    opcode torch's restricted unpickler does not implement.
+    """
+    import torch
+    from torch import _weights_only_unpickler as restricted
+    from torch import serialization
+
+    with serialization._open_zipfile_reader(path) as archive:
+        pickled = archive.get_record(pickle_file)
+        names = restricted.get_globals_in_pkl(io.BytesIO(pickled))
+        allowed = set(restricted._get_allowed_globals()) | set(restricted._get_user_allowed_globals())
+        with torch.serialization.safe_globals(placeholders([n for n in names if n not in allowed])):
+            return serialization._load(
+                archive, "cpu", _pickle_module(restricted.Unpickler), pickle_file=pickle_file, encoding="utf-8"
+            )
+
+
+def load_legacy(path: str) -> Any:
+    """A legacy (non-zip) ``torch.save`` file, through ``torch.load(weights_only=True)`` with placeholders."""
+    import torch
+    from torch import _weights_only_unpickler as restricted
+
+    names: set[str] = set()
+    with open(path, "rb") as f:  # a legacy file is several pickles in a row: magic, protocol, sys info, object
+        for _ in range(4):
+            names |= restricted.get_globals_in_pkl(f)
+    allowed = set(restricted._get_allowed_globals()) | set(restricted._get_user_allowed_globals())
+    with torch.serialization.safe_globals(placeholders([n for n in names if n not in allowed])):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def is_module(obj: Any) -> bool:
+    """Whether ``obj`` is a placeholder for a pickled ``nn.Module`` or a TorchScript object."""
+    if not isinstance(obj, Unloaded) or not isinstance(obj.state, dict):
+        return False
+    return _MODULE_FIELDS <= obj.state.keys() or obj.global_name.startswith("__torch__.")
+
+
+def module_state_dict(obj: Unloaded, prefix: str = "") -> dict[str, Any]:
+    """The ``state_dict`` of a pickled module placeholder, with torch's keys and order.
+
+    A pickled ``nn.Module`` keeps parameters, buffers and children in
+    ``_parameters``/``_buffers``/``_modules`` (non-persistent buffers left out,
+    as ``state_dict()`` does). A TorchScript object keeps them as plain
+    attributes: tensors are its parameters and buffers, ``__torch__`` objects
+    its children.
+    """
+    out: dict[str, Any] = {}
+    state = obj.state
+    if _MODULE_FIELDS <= state.keys():
+        skip = state.get("_non_persistent_buffers_set") or set()
+        for name, value in [*state["_parameters"].items(), *state["_buffers"].items()]:
+            if value is not None and name not in skip:
+                out[prefix + name] = value
+        for name, child in state["_modules"].items():
+            if is_module(child):
+                out.update(module_state_dict(child, f"{prefix}{name}."))
+        return out
+    for name, value in state.items():
+        if hasattr(value, "detach"):
+            out[prefix + name] = value
+        elif is_module(value):
+            out.update(module_state_dict(value, f"{prefix}{name}."))
+    return out
+
+
+def _numpy_dtype(obj: Any) -> np.dtype | None:
+    """A pickled ``numpy.dtype`` placeholder as a real dtype, for plain numeric and boolean dtypes only."""
+    if not (isinstance(obj, Unloaded) and obj.global_name == "numpy.dtype" and obj.args):
+        return None
+    try:
+        dtype = np.dtype(obj.args[0])
+    except TypeError:
+        return None
+    if dtype.kind not in "biufc":
+        return None
+    order = obj.state[1] if isinstance(obj.state, tuple) and len(obj.state) > 1 else "|"
+    return dtype.newbyteorder(order) if order in "<>" else dtype
+
+
+def materialize(obj: Unloaded) -> Any:
+    """A numeric numpy scalar or array rebuilt from its pickled bytes (no numpy code from the file runs);
+    anything else is returned unchanged."""
+    name = obj.global_name
+    if name.endswith("multiarray.scalar") and len(obj.args) == 2 and isinstance(obj.args[1], bytes):
+        dtype = _numpy_dtype(obj.args[0])
+        if dtype is not None and len(obj.args[1]) == dtype.itemsize:
+            return np.frombuffer(obj.args[1], dtype)[0]
+    if name.endswith("multiarray._reconstruct") and isinstance(obj.state, tuple) and len(obj.state) == 5:
+        _, shape, dtype, fortran, raw = obj.state
+        dtype = _numpy_dtype(dtype)
+        if dtype is not None and isinstance(raw, bytes) and len(raw) == dtype.itemsize * int(np.prod(shape)):
+            return (
+                np.frombuffer(raw, dtype).reshape(shape, order="F" if fortran else "C").astype(dtype.newbyteorder("="))
+            )
+    return obj
+
+
+def resolve(obj: Any, on_unloaded: Callable[[str, Unloaded], None], path: str = "") -> Any:
+    """``obj`` with numeric numpy placeholders rebuilt, walking dicts, lists and tuples; calls
+    ``on_unloaded(path, placeholder)`` for every placeholder left (modules excepted, which are kept whole)."""
+    if isinstance(obj, Unloaded):
+        built = materialize(obj)
+        if built is obj and not is_module(obj):
+            on_unloaded(path or "(top level)", obj)
+        return built
+    if isinstance(obj, Mapping):
+        resolved = {k: resolve(v, on_unloaded, _join(path, k)) for k, v in obj.items()}
+        return type(obj)(resolved) if type(obj) is not dict and isinstance(obj, dict) else resolved
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(resolve(v, on_unloaded, _join(path, i)) for i, v in enumerate(obj))
+    return obj
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def walk(obj: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """``(path, leaf)`` for every leaf of nested dicts, lists and tuples."""
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from walk(v, _join(path, k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from walk(v, _join(path, i))
+    else:
+        yield path, obj
