@@ -124,6 +124,8 @@ def _unpickle(path: str, fmt: str) -> Any:
         raise CheckpointError(
             f"{path}: its pickle cannot be read without running code from it ({cause}); jaxrnn never does that."
         ) from None
+    except ImportError as e:
+        raise CheckpointError(f"{path}: cannot be read with this torch: {e}") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
         _raise_if_corrupt(path, fmt)
         cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -75,6 +75,39 @@ def _pickle_module(unpickler_base: type) -> types.SimpleNamespace:
     return types.SimpleNamespace(Unpickler=Unpickler)
 
 
+# What this module uses of torch's loader (torch >= 2.6; checked, so another version fails with a clear message).
+_HOOKS = {
+    "torch.serialization": ("_load", "_open_zipfile_reader", "safe_globals"),
+    "torch._weights_only_unpickler": (
+        "Unpickler",
+        "get_globals_in_pkl",
+        "_get_allowed_globals",
+        "_get_user_allowed_globals",
+    ),
+}
+
+
+def _torch_loader() -> tuple[Any, Any]:
+    """``(torch.serialization, torch._weights_only_unpickler)``, after checking they have the hooks used here."""
+    import importlib
+
+    import torch
+
+    modules = [importlib.import_module(name) for name in _HOOKS]
+    lacking = [f"{m.__name__}.{a}" for m, attrs in zip(modules, _HOOKS.values()) for a in attrs if not hasattr(m, a)]
+    if lacking:
+        raise ImportError(
+            f"torch {torch.__version__} lacks {', '.join(lacking)}, which interop uses to read pickles without "
+            "running them (torch >= 2.6 has them)."
+        )
+    return modules[0], modules[1]
+
+
+def _unknown_globals(restricted: Any, names: set[str]) -> list[str]:
+    allowed = set(restricted._get_allowed_globals()) | set(restricted._get_user_allowed_globals())
+    return [n for n in names if n not in allowed]
+
+
 def load_zip_pickle(path: str, pickle_file: str = "data.pkl") -> Any:
     """The object pickled as ``pickle_file`` in the torch zip archive at ``path``, tensors on the CPU.
 
@@ -82,31 +115,26 @@ def load_zip_pickle(path: str, pickle_file: str = "data.pkl") -> Any:
     placeholders cannot stand in for: a global from ``os``/``sys``, or an
     opcode torch's restricted unpickler does not implement.
     """
-    import torch
-    from torch import _weights_only_unpickler as restricted
-    from torch import serialization
-
+    serialization, restricted = _torch_loader()
     with serialization._open_zipfile_reader(path) as archive:
-        pickled = archive.get_record(pickle_file)
-        names = restricted.get_globals_in_pkl(io.BytesIO(pickled))
-        allowed = set(restricted._get_allowed_globals()) | set(restricted._get_user_allowed_globals())
-        with torch.serialization.safe_globals(placeholders([n for n in names if n not in allowed])):
+        names = restricted.get_globals_in_pkl(io.BytesIO(archive.get_record(pickle_file)))
+        with serialization.safe_globals(placeholders(_unknown_globals(restricted, names))):
             return serialization._load(
                 archive, "cpu", _pickle_module(restricted.Unpickler), pickle_file=pickle_file, encoding="utf-8"
             )
 
 
 def load_legacy(path: str) -> Any:
-    """A legacy (non-zip) ``torch.save`` file, through ``torch.load(weights_only=True)`` with placeholders."""
+    """A legacy (non-zip) ``torch.save`` file, through ``torch.load(weights_only=True)`` with placeholders
+    (torch's own unpickler: a dict subclass in it cannot take items, and is an error)."""
     import torch
-    from torch import _weights_only_unpickler as restricted
 
+    serialization, restricted = _torch_loader()
     names: set[str] = set()
     with open(path, "rb") as f:  # a legacy file is several pickles in a row: magic, protocol, sys info, object
         for _ in range(4):
             names |= restricted.get_globals_in_pkl(f)
-    allowed = set(restricted._get_allowed_globals()) | set(restricted._get_user_allowed_globals())
-    with torch.serialization.safe_globals(placeholders([n for n in names if n not in allowed])):
+    with serialization.safe_globals(placeholders(_unknown_globals(restricted, names))):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 

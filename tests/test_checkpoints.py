@@ -5,6 +5,9 @@ Every file is made here, by torch itself."""
 
 import argparse
 import collections
+import importlib.util
+import pathlib
+import re
 import subprocess
 import sys
 import types
@@ -445,3 +448,76 @@ def test_convert_command(tmp_path, capsys):
         capture_output=True,
     )
     assert run.returncode == 2 and b"Traceback" not in run.stderr and b"is empty" in run.stderr
+
+
+# -- a worked example: pytorch/examples word_language_model, as upstream saves it -----------------
+
+UPSTREAM = pathlib.Path(__file__).parent / "upstream_word_language_model"
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(
+        name, pathlib.Path(__file__).parents[1] / "experiments" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def upstream_perplexity(net, ids, batch=10, bptt=35):
+    """upstream main.py's batchify + evaluate(), on the model object itself."""
+    data = torch.from_numpy(ids.astype(np.int64))
+    data = data[: data.size(0) // batch * batch].view(batch, -1).t().contiguous()
+    net.eval()
+    hidden, total = net.init_hidden(batch), 0.0
+    with torch.no_grad():
+        for i in range(0, data.size(0) - 1, bptt):
+            n = min(bptt, len(data) - 1 - i)
+            output, hidden = net(data[i : i + n], hidden)
+            total += n * torch.nn.functional.nll_loss(output, data[i + 1 : i + 1 + n].reshape(-1)).item()
+    return float(np.exp(total / (len(data) - 1)))
+
+
+@pytest.mark.parametrize("rnn_type, tied", [("LSTM", True), ("GRU", False)])
+def test_word_language_model_round_trip(tmp_path, monkeypatch, capsys, rnn_type, tied):
+    monkeypatch.syspath_prepend(str(UPSTREAM))
+    from model import RNNModel  # upstream's class, unchanged
+
+    wlm = load_script("word_language_model")
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(30)]
+    for split, lines in [("train", 200), ("valid", 40), ("test", 40)]:
+        text = "\n".join(" ".join(rng.choice(words, size=rng.integers(3, 12))) for _ in range(lines))
+        (tmp_path / f"{split}.txt").write_text(text + "\n")
+    vocab, splits = wlm.upstream_corpus(str(tmp_path))
+    torch.manual_seed(0)
+    net = RNNModel(rnn_type, len(vocab), 8, 8, 2, 0.2, tied)
+    # upstream's train(): bptt 35, batch 20, hidden detached between chunks, clip 0.25, SGD lr 20 in place.
+    data = torch.from_numpy(splits["train"].astype(np.int64))
+    data = data[: data.size(0) // 20 * 20].view(20, -1).t().contiguous()
+    hidden = net.init_hidden(20)
+    net.train()
+    for i in range(0, data.size(0) - 1, 35):
+        n = min(35, len(data) - 1 - i)
+        hidden = tuple(h.detach() for h in hidden) if isinstance(hidden, tuple) else hidden.detach()
+        net.zero_grad()
+        output, hidden = net(data[i : i + n], hidden)
+        torch.nn.functional.nll_loss(output, data[i + 1 : i + 1 + n].reshape(-1)).backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 0.25)
+        for p in net.parameters():
+            p.data.add_(p.grad, alpha=-20)
+    torch.save(net, tmp_path / "model.pt")  # upstream main.py: the whole pickled RNNModel
+    reference = {split: upstream_perplexity(net, splits[split]) for split in ("valid", "test")}
+
+    args = [str(tmp_path / "model.pt"), "--data", str(tmp_path), "--export", str(tmp_path / "back.pt")]
+    assert wlm.main([*args, "--upstream", str(UPSTREAM)]) == 0
+    out = capsys.readouterr().out
+    assert f"tied={tied}" in out
+    for split in ("valid", "test"):
+        jax_ppl = float(re.search(rf"jaxrnn {split} perplexity ([\d.]+)", out)[1])
+        torch_ppl = float(re.search(rf"torch  {split} perplexity ([\d.]+)", out)[1])
+        np.testing.assert_allclose([jax_ppl, torch_ppl], reference[split], rtol=2e-6)
+    fresh = RNNModel(rnn_type, len(vocab), 8, 8, 2, 0.2, tied)
+    fresh.load_state_dict(torch.load(tmp_path / "back.pt", weights_only=True), strict=True)
+    ids = torch.from_numpy(splits["valid"][:60].astype(np.int64)).view(6, 10)
+    torch.testing.assert_close(fresh.eval()(ids, fresh.init_hidden(10))[0], net.eval()(ids, net.init_hidden(10))[0])
