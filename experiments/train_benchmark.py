@@ -48,7 +48,7 @@ from jaxrnn.data import contiguous_streams
 from jaxrnn.lm import LMConfig
 from jaxrnn.losses import linear_cross_entropy
 from jaxrnn.parallel import check_batch_sizes, global_batch
-from jaxrnn.train import clip_by_global_norm, init_train_state, make_optimizer
+from jaxrnn.train import clip_by_global_norm, make_optimizer
 
 # -- config ----------------------------------------------------------------------------------
 # The configurations of experiments/ptb.py (small, its GRU twin, small-tied) and experiments/shakespeare.py,
@@ -99,21 +99,16 @@ class JaxrnnLoop:
         )
         self.key = jax.random.key(config.seed)
         self.block_fn = lm.make_train_block(self.model, optimizer, self.key)
-        self.run_state = {
-            "train": init_train_state(lm.init_params(config, self.model, self.key), optimizer),
-            "carry": self.model.zero_state(config.batch_size),
-            "chunk": 0,
-            "step_losses": [],
-        }
+        self.run_state, _ = lm.init_or_resume(config, self.model, optimizer)  # fresh from config.seed
         self.streams = contiguous_streams(ids, config.batch_size)
         self.chunks = (self.streams.shape[1] - 1) // config.bptt
 
     @property
-    def losses(self) -> list[float]:
+    def losses(self) -> np.ndarray:
         return self.run_state["step_losses"]
 
     def run(self, steps: int) -> None:
-        start = self.run_state["chunk"]
+        start = int(self.run_state["chunk"])
         if start + steps > self.chunks:
             raise ValueError(f"the token stream holds {self.chunks} chunks; asked for {start + steps}")
         self.run_state = lm.train_epoch(

@@ -240,9 +240,14 @@ def _zero_carry(model: SequenceModel, batch_size: int, sharding: Any) -> Any:
 
 
 def init_or_resume(
-    config: LMConfig, model: SequenceModel, optimizer: optax.GradientTransformation, out_dir: pathlib.Path, resume: bool
+    config: LMConfig,
+    model: SequenceModel,
+    optimizer: optax.GradientTransformation,
+    out_dir: pathlib.Path | None = None,
+    resume: bool = False,
 ) -> tuple[dict[str, Any], list[dict]]:
-    """The run's state and its per-epoch history: fresh from ``config.seed``, or from ``out_dir``'s checkpoint.
+    """The run's state and its per-epoch history: fresh from ``config.seed``, or from ``out_dir``'s checkpoint
+    when ``resume`` and there is one (``out_dir=None``: always fresh, e.g. for a benchmark).
 
     The state dict holds ``train`` (:class:`TrainState`), ``carry`` (the recurrent state at the
     resume point), ``epoch`` (the epoch in progress, from 1), ``chunk`` (chunks of it done),
@@ -256,6 +261,8 @@ def init_or_resume(
         "step_losses": np.zeros(0, np.float32),
         "elapsed": np.float64(0.0),
     }
+    if out_dir is None:
+        return run, []
     checkpoint_path = out_dir / "checkpoint.msgpack"
     if not (resume and checkpoint_path.is_file()):
         return run, []
