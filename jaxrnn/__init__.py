@@ -18,6 +18,7 @@ from jaxrnn.data import Vocab, bptt_batches, contiguous_streams, num_bptt_batche
 from jaxrnn.generate import generate
 from jaxrnn.inspect import step_states
 from jaxrnn.models import Classifier, SequenceModel, Tagger, recurrent_layer
+from jaxrnn.packing import PackedSequence, pack_padded_sequence, pack_sequence, pad_packed_sequence
 from jaxrnn.padding import lengths_to_mask, pad_sequence
 from jaxrnn.rnn import GRU, LSTM, RNN
 from jaxrnn.train import (
@@ -45,6 +46,10 @@ __all__ = [
     "functional",
     "lengths_to_mask",
     "pad_sequence",
+    "PackedSequence",
+    "pack_padded_sequence",
+    "pad_packed_sequence",
+    "pack_sequence",
     # models, data, training, generation
     "Classifier",
     "SequenceModel",

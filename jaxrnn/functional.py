@@ -25,7 +25,10 @@ proj_size or hidden_size``::
 
 With ``seq_lengths``, outputs past each sequence's length are zero and the
 final states are each sequence's own last valid step (the reverse direction
-starts there): exactly what ``pack_padded_sequence`` gives in torch.
+starts there): exactly what ``pack_padded_sequence`` gives in torch. ``x`` may
+also be a :class:`jaxrnn.PackedSequence` (then ``batch_first`` and
+``seq_lengths`` do not apply): the output is packed the same way and ``h_n``
+is in the original batch order, as torch returns them.
 
 Dropout (between layers, as torch) runs when ``dropout > 0`` and a
 ``dropout_key`` is given (or ``deterministic=False``, which then requires the
@@ -44,6 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrnn.equations import NUM_GATES, Cell, State, kind_of
+from jaxrnn.packing import PackedSequence, repack_like, unpack_for_layer
 from jaxrnn.padding import check_seq_lengths, lengths_to_mask
 from jaxrnn.params import (
     CELLS,
@@ -269,6 +273,10 @@ def stacked(
     _check_cell_name(owner, cell)
     options = options or LoopOptions()
     stack = Stack.from_params(cell, params, owner, **(expect or {}))
+    packed = x if isinstance(x, PackedSequence) else None
+    if packed is not None:  # torch runs a packed batch as the padded batch with its lengths
+        x, seq_lengths = unpack_for_layer(owner, packed, seq_lengths)
+        batch_first = False
     x = jnp.asarray(x)
     check_input(owner, x, batch_first)
     if x.shape[-1] != stack.input_size:
@@ -329,6 +337,8 @@ def stacked(
         output = output[:, 0]
         final = tuple(s[:, 0] for s in final)
     h_n = final if cell == "lstm" else final[0]
+    if packed is not None:
+        output = repack_like(output, packed)
     return output, h_n, (recorded if options.record_states else None)
 
 

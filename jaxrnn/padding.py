@@ -1,9 +1,10 @@
 """Variable-length sequences: padding, masks and length checks.
 
-jaxrnn never packs sequences. A batch is padded to a common length ``L`` and
-``seq_lengths`` ``(N,)`` says how many leading steps of each sequence are real;
-the layers then give what ``torch.nn.utils.rnn.pack_padded_sequence(...,
-enforce_sorted=False)`` gives, with static shapes that ``jit`` can compile once.
+A batch is padded to a common length ``L`` and ``seq_lengths`` ``(N,)`` says
+how many leading steps of each sequence are real; the layers then give what
+``torch.nn.utils.rnn.pack_padded_sequence(..., enforce_sorted=False)`` gives,
+with static shapes that ``jit`` can compile once. (torch's own packed form is
+in :mod:`jaxrnn.packing`, for code ported as it is.)
 """
 
 from __future__ import annotations

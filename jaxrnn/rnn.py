@@ -45,6 +45,7 @@ import jax.numpy as jnp
 
 from jaxrnn import functional
 from jaxrnn.cells import check_input_size, declare_params
+from jaxrnn.packing import PackedSequence
 from jaxrnn.params import Stack, check_layer_args, suffix
 
 Array = jax.Array
@@ -147,9 +148,12 @@ class _StackedRecurrent(nn.Module):
         """
         name = type(self).__name__
         hx = resolve_hx(name, hx, h_0)
-        x = jnp.asarray(x)
-        functional.check_input(name, x, self.batch_first)
-        stack = self.stack(check_input_size(name, self.input_size, x))
+        if isinstance(x, PackedSequence):  # packed in, packed out; functional.stacked unpacks it
+            features = jnp.asarray(x.data)
+        else:
+            x = features = jnp.asarray(x)
+            functional.check_input(name, x, self.batch_first)
+        stack = self.stack(check_input_size(name, self.input_size, features))
         params = declare_params(self, stack.shapes(), self.hidden_size, self.param_dtype)
         training = not deterministic and self.dropout > 0 and self.num_layers > 1
         output, h_n, recorded = functional.stacked(
