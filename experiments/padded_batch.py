@@ -6,11 +6,18 @@ packs), and this script checks that padding changes nothing: every output and
 final state equals running that sequence alone (and, with torch installed,
 equals torch's ``pack_padded_sequence`` on the same weights).
 
-    python experiments/padded_batch.py [--cell rnn|lstm|gru]
+The same batch also goes through as torch's ``PackedSequence``
+(``jaxrnn.pack_padded_sequence``), with the same results, and the script
+measures what each form costs under ``jit`` for batches with new mixes of
+lengths: the padded form compiles once, a packed batch's layout is part of the
+compiled program, so each new mix of lengths compiles again.
+
+    python experiments/padded_batch.py [--cell rnn|lstm|gru] [--batches 8]
 """
 
 import argparse
 import sys
+import time
 
 import flax.linen as nn
 import jax
@@ -27,6 +34,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cell", default="rnn", choices=["rnn", "lstm", "gru"])
     p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--batches", type=int, default=8, help="batches of new length mixes to time each form on")
     args = p.parse_args(argv)
     rng = np.random.default_rng(args.seed)
 
@@ -66,6 +74,33 @@ def main(argv=None) -> int:
             worst, float(jnp.abs(output[i, : len(seq)] - alone_out).max()), float(jnp.abs(h_n[:, i] - alone_h).max())
         )
     print(f"largest difference, padded batch vs each sequence alone: {worst:.2e}")
+
+    # -- the same batch packed, as torch code writes it; and what each form costs under jit ---------
+    packed = jaxrnn.pack_padded_sequence(x, seq_lengths, batch_first=True, enforce_sorted=False)
+    packed_out, packed_state = rnn.apply(rnn_vars, packed)
+    unpacked, _ = jaxrnn.pad_packed_sequence(packed_out, batch_first=True, total_length=padded.shape[1])
+    packed_h = packed_state[0] if args.cell == "lstm" else packed_state
+    packed_diff = max(float(jnp.abs(unpacked - output).max()), float(jnp.abs(packed_h - h_n).max()))
+    print(f"PackedSequence in and out: {packed_out}; largest difference vs seq_lengths: {packed_diff:.2e}")
+    worst = max(worst, packed_diff)
+    run_padded = jax.jit(lambda v, x, n: rnn.apply(v, x, seq_lengths=n)[0])
+    run_packed = jax.jit(lambda v, p: rnn.apply(v, p)[0].data)
+    mixes = [rng.integers(1, MAX_LEN + 1, NUM_SEQS) for _ in range(args.batches)]
+    full = jnp.pad(x, ((0, 0), (0, MAX_LEN - x.shape[1]), (0, 0)))  # (10, 12, 256): room for any mix
+    for name, step in [
+        ("padded + seq_lengths", lambda n: run_padded(rnn_vars, full, jnp.asarray(n))),
+        ("PackedSequence", lambda n: run_packed(rnn_vars, jaxrnn.pack_padded_sequence(full, n, True, False))),
+    ]:
+        step(mixes[0]).block_until_ready()  # the first compilation, for both
+        start = time.perf_counter()
+        for n in mixes[1:]:
+            step(n).block_until_ready()
+        new_ms = (time.perf_counter() - start) / max(len(mixes) - 1, 1) * 1e3
+        start = time.perf_counter()
+        for _ in mixes[1:]:
+            step(mixes[1]).block_until_ready()
+        same_ms = (time.perf_counter() - start) / max(len(mixes) - 1, 1) * 1e3
+        print(f"{name:<22} jitted: {new_ms:8.2f} ms per batch of new lengths, {same_ms:6.2f} ms when repeated")
 
     try:
         import torch

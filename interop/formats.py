@@ -81,10 +81,10 @@ def _sniff_zip(path: str, size: int) -> str:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError) as e:
+    except (zipfile.BadZipFile, OSError):
         raise CheckpointError(
-            f"{path}: a zip archive (as torch.save writes) that is truncated or damaged ({size} bytes): {e}. "
-            "The file was probably not copied or downloaded completely."
+            f"{path}: a zip archive (as torch.save writes) that is truncated or damaged: its {size} bytes end "
+            "without the zip directory. The file was probably not copied or downloaded completely."
         ) from None
     leaves = {name.split("/", 1)[-1] for name in names}
     if "constants.pkl" in leaves or any(name.split("/")[-2:-1] == ["code"] for name in names):
@@ -114,11 +114,14 @@ def _check_safetensors(path: str, size: int) -> str:
             raise CheckpointError(f"{path}: a safetensors file whose header is damaged ({e}).") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: a safetensors file whose header is not a JSON object.")
-    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    try:
+        ends = [int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"]
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise CheckpointError(f"{path}: a safetensors file whose header is damaged (no data_offsets).") from None
     needed = 8 + header_size + max(ends, default=0)
     if needed > size:
         raise CheckpointError(
-            f"{path}: a truncated safetensors file: its header describes {len(ends)} tensors ending at byte "
+            f"{path}: a truncated safetensors file: its header describes {len(ends)} tensor(s) ending at byte "
             f"{needed}, but the file has only {size} bytes."
         )
     return "safetensors"

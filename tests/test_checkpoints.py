@@ -286,7 +286,10 @@ def damaged_files(tmp_path):
             r"git-lfs pointer .*git lfs pull",
         ),
         "truncated.pt": (data[: len(data) // 2], r"zip archive .* truncated or damaged"),
-        "truncated.safetensors": (st[:-7], r"truncated safetensors file: .* ending at byte \d+, but the file has"),
+        "truncated.safetensors": (
+            st[:-7],
+            r"truncated safetensors file: .* tensor\(s\) ending at byte \d+, but the file has",
+        ),
         "header.safetensors": (st[:30], r"truncated safetensors file: its header says \d+ bytes"),
         "page.pt": (b"<!DOCTYPE html>\n<html><body>Sign in</body></html>", r"HTML/XML page"),
         "plain.pkl": (b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K\x01s.", r"plain Python pickle"),
