@@ -19,6 +19,7 @@ RUNS = [
     (["padded_batch.py"], "largest difference vs torch pack_padded_sequence"),
     (["scratch_vs_library.py"], "the same numbers"),
     (["gradient_flow.py", "--smoke", "--out", "/tmp/jaxrnn-gradient-flow-smoke"], "dh_3/dh_1: jax.grad"),
+    (["tbptt.py", "--out", "/tmp/jaxrnn-tbptt-smoke"], "gradient before step 18 is exactly zero: True"),
     (
         ["benchmark.py", "--cells", "gru", "--sizes", "teach", "--repeats", "1"],
         "| gru | teach | grad | jaxrnn nnx (nnx.jit) |",
