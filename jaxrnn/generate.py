@@ -33,8 +33,9 @@ def _generate(
     num_tokens: int,
     top_k: int | None,
     greedy: bool,
+    state: Any,
 ) -> Array:
-    logits, state = model.apply(variables, prompt[None, :])
+    logits, state = model.apply(variables, prompt[None, :], state)
 
     def body(carry: tuple[Array, Any], step_key: Array) -> tuple[tuple[Array, Any], Array]:
         last_logits, state = carry
@@ -56,9 +57,12 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     greedy: bool = False,
+    state: Any = None,
 ) -> Array:
     """Continues ``prompt`` (ids ``(P,)``, P >= 1) by ``num_tokens`` tokens from a :class:`SequenceModel`.
 
+    ``state`` is the recurrent state the prompt starts from (``model.zero_state(1)``'s structure, batch 1;
+    zeros when None): a one-to-many model (captioning) computes it from its input and generates from it.
     The prompt is run once to prime the state; then each step feeds the chosen
     token back in (greedy argmax, or sampling with ``temperature`` and optional
     ``top_k``). The loop is a ``lax.scan`` inside one ``jit``. Returns the new
@@ -84,4 +88,4 @@ def generate(
     if top_k is not None and (top_k < 1 or (vocab is not None and top_k > vocab)):
         raise ValueError(f"generate: top_k must be in [1, {vocab}], got {top_k}.")
     key = jax.random.key(0) if key is None else key
-    return _generate(model, variables, prompt, key, jnp.float32(temperature), num_tokens, top_k, greedy)
+    return _generate(model, variables, prompt, key, jnp.float32(temperature), num_tokens, top_k, greedy, state)

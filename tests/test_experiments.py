@@ -20,6 +20,7 @@ RUNS = [
     (["scratch_vs_library.py"], "the same numbers"),
     (["gradient_flow.py", "--smoke", "--out", "/tmp/jaxrnn-gradient-flow-smoke"], "dh_3/dh_1: jax.grad"),
     (["tbptt.py", "--out", "/tmp/jaxrnn-tbptt-smoke"], "gradient before step 18 is exactly zero: True"),
+    (["one_to_many.py", "--smoke", "--out", "/tmp/jaxrnn-one-to-many-smoke"], "exact match: held-out"),
     (
         ["benchmark.py", "--cells", "gru", "--sizes", "teach", "--repeats", "1"],
         "| gru | teach | grad | jaxrnn nnx (nnx.jit) |",
@@ -40,6 +41,7 @@ LM_RUNS = [  # (argv, expected in stdout, files expected under --out)
     (["ptb.py", "--smoke"], "test perplexity", ["metrics.json", "loss.png", "checkpoint.msgpack"]),
     (["shakespeare.py", "--smoke"], "--- sample (temperature 0.8) ---", ["metrics.json", "params.msgpack"]),
     (["cells.py", "--smoke"], "best unit per feature", ["cells.html", "cells.png", "cells.json"]),
+    (["timeseries.py", "--smoke"], "moving average", ["results.json", "msft-h1.png", "sunspots-h12.png"]),
 ]
 
 
@@ -57,7 +59,7 @@ def test_language_model_smoke_runs(argv, expected, files, tmp_path):
 
 
 def test_language_model_scripts_report_missing_data(tmp_path):
-    for script in ("ptb.py", "shakespeare.py", "cells.py"):
+    for script in ("ptb.py", "shakespeare.py", "cells.py", "timeseries.py"):
         command = [sys.executable, str(ROOT / "experiments" / script), "--smoke", "--data-dir", str(tmp_path)]
         run = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert run.returncode == 1 and "does not exist" in run.stderr and "Traceback" not in run.stderr

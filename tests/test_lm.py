@@ -138,6 +138,48 @@ def test_corpus_checksum_and_tokens(tmp_path, monkeypatch):
     assert corpora.ptb_tokens(text) == ["the", "cat", "sat", "<eos>", "the", "dog", "<unk>", "<eos>"]
 
 
+def test_download_unpacks_and_verifies_the_time_series(tmp_path, monkeypatch):
+    """download('msft'/'sunspots') takes the file out of pmdarima's archives and checks its sha256 (the network
+    replaced by archives made here, as pmdarima packs them)."""
+    import gzip
+    import io
+    import tarfile
+
+    csv = b"Date,Open,High,Low,Close,Volume,OpenInt\n1986-03-13,0.0672,0.07533,0.0672,0.07533,1371330506,0\n"
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w:gz") as archive:
+        info = tarfile.TarInfo("msft.csv")
+        info.size = len(csv)
+        archive.addfile(info, io.BytesIO(csv))
+    spots = b" 58.0  62.6\n 70.0"
+    served = {"msft.tar.gz": tar.getvalue(), "sunspots.txt.gz": gzip.compress(spots)}
+
+    class Response(io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(corpora.urllib.request, "urlopen", lambda url, timeout: Response(served[url.rsplit("/", 1)[1]]))
+    for corpus, content in [("msft", csv), ("sunspots", spots)]:
+        (spec,) = corpora.CORPORA[corpus]
+        monkeypatch.setitem(
+            corpora.CORPORA, corpus, (dataclasses.replace(spec, sha256=hashlib.sha256(content).hexdigest()),)
+        )
+        corpora.download(corpus, tmp_path)
+    values, columns = corpora.load_series("msft", tmp_path)
+    assert columns == ["Open", "High", "Low", "Volume", "Close"]
+    np.testing.assert_array_equal(values, [[0.0672, 0.07533, 0.0672, 1371330506, 0.07533]])
+    np.testing.assert_array_equal(corpora.load_series("sunspots", tmp_path)[0][:, 0], [58.0, 62.6, 70.0])
+    (spec,) = corpora.CORPORA["sunspots"]
+    monkeypatch.setitem(corpora.CORPORA, "sunspots", (dataclasses.replace(spec, sha256="0" * 64),))
+    (tmp_path / "sunspots_monthly.txt").unlink()
+    with pytest.raises(ValueError, match=r"has sha256 .* expected 0000.*nothing saved"):
+        corpora.download("sunspots", tmp_path)
+    assert not (tmp_path / "sunspots_monthly.txt").exists()
+
+
 def test_tied_weights_share_the_embedding():
     model = jaxrnn.SequenceModel(vocab_size=13, hidden_size=8, embedding_size=8, tie_weights=True)
     params = model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]

@@ -96,6 +96,19 @@ def test_same_seed_is_bit_identical_and_other_seed_differs():
     assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
 
 
+def test_generate_from_a_given_state():
+    """state= starts generation from a state (one-to-many): priming with a prefix and passing on its state is
+    the same as generating from the whole prompt."""
+    model = jaxrnn.SequenceModel(vocab_size=9, hidden_size=8, cell="lstm", num_layers=2)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+    whole = jaxrnn.generate(model, variables, jnp.array([1, 2, 3]), 12, greedy=True)
+    _, state = model.apply(variables, jnp.array([[1, 2]]))
+    resumed = jaxrnn.generate(model, variables, jnp.array([3]), 12, greedy=True, state=state)
+    np.testing.assert_array_equal(resumed, whole)
+    zeros = jaxrnn.generate(model, variables, jnp.array([3]), 12, greedy=True, state=model.zero_state(1))
+    np.testing.assert_array_equal(zeros, jaxrnn.generate(model, variables, jnp.array([3]), 12, greedy=True))
+
+
 def test_sampling_respects_top_k_and_temperature():
     model = jaxrnn.SequenceModel(vocab_size=9, hidden_size=8, cell="rnn")
     variables = model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
