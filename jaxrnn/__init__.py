@@ -21,6 +21,7 @@ from jaxrnn.models import Classifier, SequenceModel, Tagger, recurrent_layer
 from jaxrnn.packing import PackedSequence, pack_padded_sequence, pack_sequence, pad_packed_sequence
 from jaxrnn.padding import lengths_to_mask, pad_sequence
 from jaxrnn.rnn import GRU, LSTM, RNN
+from jaxrnn.seq2seq import Seq2Seq, beam_search, greedy_decode
 from jaxrnn.train import (
     TrainState,
     accuracy,
@@ -52,6 +53,9 @@ __all__ = [
     "pack_sequence",
     # models, data, training, generation
     "Classifier",
+    "Seq2Seq",
+    "beam_search",
+    "greedy_decode",
     "SequenceModel",
     "Tagger",
     "recurrent_layer",

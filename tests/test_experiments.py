@@ -22,6 +22,10 @@ RUNS = [
     (["tbptt.py", "--out", "/tmp/jaxrnn-tbptt-smoke"], "gradient before step 18 is exactly zero: True"),
     (["one_to_many.py", "--smoke", "--out", "/tmp/jaxrnn-one-to-many-smoke"], "exact match: held-out"),
     (
+        ["seq2seq.py", "--smoke", "--out", "/tmp/jaxrnn-seq2seq-smoke"],
+        "torch twin (same weights): largest logit difference",
+    ),
+    (
         ["benchmark.py", "--cells", "gru", "--sizes", "teach", "--repeats", "1"],
         "| gru | teach | grad | jaxrnn nnx (nnx.jit) |",
     ),
