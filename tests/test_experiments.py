@@ -47,6 +47,7 @@ LM_RUNS = [  # (argv, expected in stdout, files expected under --out)
     (["cells.py", "--smoke"], "best unit per feature", ["cells.html", "cells.png", "cells.json"]),
     (["timeseries.py", "--smoke"], "moving average", ["results.json", "msft-h1.png", "sunspots-h12.png"]),
     (["tag_name_lines.py", "--smoke"], "which line is a name", ["results.json"]),
+    (["who_speaks.py", "--smoke"], "GRU bidirectional", ["results.json"]),
 ]
 
 
@@ -64,7 +65,7 @@ def test_language_model_smoke_runs(argv, expected, files, tmp_path):
 
 
 def test_language_model_scripts_report_missing_data(tmp_path):
-    for script in ("ptb.py", "shakespeare.py", "cells.py", "timeseries.py", "tag_name_lines.py"):
+    for script in ("ptb.py", "shakespeare.py", "cells.py", "timeseries.py", "tag_name_lines.py", "who_speaks.py"):
         command = [sys.executable, str(ROOT / "experiments" / script), "--smoke", "--data-dir", str(tmp_path)]
         run = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert run.returncode == 1 and "does not exist" in run.stderr and "Traceback" not in run.stderr
