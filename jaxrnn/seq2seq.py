@@ -6,7 +6,8 @@ decoder's recurrent layer, so the decoder's recurrence runs as one scanned
 layer in training). Shapes, with ``S`` source and ``T`` target steps::
 
     src (N, S) ids, src_lengths (N,)    -> encoder outputs (N, S, H), final state
-    tgt_in (N, T) ids (BOS + target[:-1]) -> logits (N, T, tgt_vocab)     teacher forcing
+    tgt_in (N, T) ids (BOS + target[:-1]), tgt_lengths (N,) optional
+                                        -> logits (N, T, tgt_vocab)     teacher forcing
 
 Without attention: ``logits = W_out h_t``. With attention: ``score(s) = h_t .
 W_a e_s`` over the source steps ``s < src_lengths`` (padding never attended),
@@ -62,9 +63,12 @@ class Seq2Seq(nn.Module):
         """``(encoder outputs (N, S, H), final state)``; outputs past each length are zero."""
         return self.encoder(self.src_embed(src), seq_lengths=src_lengths)
 
-    def decode(self, tgt_in: Array, state: Any, enc_out: Array, src_lengths: Array) -> tuple[Array, Any]:
-        """``(logits (N, T, tgt_vocab), state)`` for ``tgt_in`` ``(N, T)``, continuing from ``state``."""
-        h, state = self.decoder(self.tgt_embed(tgt_in), state)  # (N, T, H)
+    def decode(
+        self, tgt_in: Array, state: Any, enc_out: Array, src_lengths: Array, tgt_lengths: Array | None = None
+    ) -> tuple[Array, Any]:
+        """``(logits (N, T, tgt_vocab), state)`` for ``tgt_in`` ``(N, T)``, continuing from ``state``; with
+        ``tgt_lengths`` ``(N,)`` the state is each target's own last valid step (padding ignored)."""
+        h, state = self.decoder(self.tgt_embed(tgt_in), state, seq_lengths=tgt_lengths)  # (N, T, H)
         if self.attention:
             scores = jnp.einsum("nth,nsh->nts", h, self.score(enc_out))  # h_t . W_a e_s
             valid = lengths_to_mask(src_lengths, enc_out.shape[1])[:, None, :]  # (N, 1, S)
@@ -73,10 +77,11 @@ class Seq2Seq(nn.Module):
             h = jnp.tanh(self.combine(jnp.concatenate([context, h], axis=-1)))
         return self.out(h), state
 
-    def __call__(self, src: Array, src_lengths: Array, tgt_in: Array) -> Array:
-        """Teacher forcing: ``logits (N, T, tgt_vocab)`` of each next target token."""
+    def __call__(self, src: Array, src_lengths: Array, tgt_in: Array, tgt_lengths: Array | None = None) -> Array:
+        """Teacher forcing: ``logits (N, T, tgt_vocab)`` of each next target token. Positions past
+        ``tgt_lengths`` are padding: mask them in the loss (``jaxrnn.masked_cross_entropy``)."""
         enc_out, state = self.encode(src, src_lengths)
-        return self.decode(tgt_in, state, enc_out, src_lengths)[0]
+        return self.decode(tgt_in, state, enc_out, src_lengths, tgt_lengths)[0]
 
 
 @partial(jax.jit, static_argnames=("model", "max_len", "bos"))

@@ -69,6 +69,15 @@ def test_beam_search(attention):
     )
 
 
+def test_target_lengths_mask_the_padded_targets():
+    model, variables, src, lengths, tgt_in = setup(attention=True)
+    tgt_lengths = np.array([6, 3, 1], np.int32)
+    padded = model.apply(variables, src, lengths, tgt_in, tgt_lengths)
+    for i, n in enumerate(tgt_lengths):  # each target alone, unpadded, gives the same valid positions
+        alone = model.apply(variables, src[i : i + 1], lengths[i : i + 1], tgt_in[i : i + 1, :n])
+        np.testing.assert_allclose(padded[i, :n], alone[0], atol=1e-6)
+
+
 def test_source_padding_is_never_attended():
     model, variables, src, lengths, tgt_in = setup(attention=True)
     other = src.copy()
