@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from interop import inert_pickle
+from interop.arrays import to_numpy
 from interop.formats import CheckpointError, sniff
-from interop.state_dict import to_numpy
 
 # Entries of a training-checkpoint dict that hold the model, in the order they are tried:
 # pytorch/examples and most tutorials, Lightning ('state_dict'), and common hand-written layouts.

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import io
 import types
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -223,15 +223,3 @@ def resolve(obj: Any, on_unloaded: Callable[[str, Unloaded], None], path: str = 
 
 def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
-
-
-def walk(obj: Any, path: str = "") -> Iterator[tuple[str, Any]]:
-    """``(path, leaf)`` for every leaf of nested dicts, lists and tuples."""
-    if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            yield from walk(v, _join(path, k))
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from walk(v, _join(path, i))
-    else:
-        yield path, obj

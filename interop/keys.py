@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from interop.arrays import to_numpy
+
 Rename = Mapping[str, "str | None"] | Callable[[str], "str | None"]
 
 # Prefixes that wrappers add in front of a model's own keys.
@@ -79,7 +81,7 @@ def untie(state_dict: Mapping[str, Any], tied: Mapping[str, str] | None) -> dict
         if source not in out:
             out[source] = value
             continue
-        a, b = np.asarray(_numpy(value)), np.asarray(_numpy(out[source]))
+        a, b = to_numpy(value), to_numpy(out[source])
         if a.shape != b.shape or not np.array_equal(a, b, equal_nan=True):
             how = f"shapes {a.shape} vs {b.shape}" if a.shape != b.shape else "values"
             raise ValueError(
@@ -98,10 +100,6 @@ def retie(state_dict: Mapping[str, Any], tied: Mapping[str, str] | None) -> dict
             raise KeyError(f"tied: {source!r} (the weight {alias!r} shares) is not among the keys {list(out)}.")
         out[alias] = out[source]
     return out
-
-
-def _numpy(value: Any) -> Any:
-    return value.detach().cpu().numpy() if hasattr(value, "detach") else value
 
 
 def strip_wrapper(

@@ -11,7 +11,8 @@ from flax import nnx
 
 import jaxrnn
 import jaxrnn.nnx
-from interop.state_dict import load_state_dict, to_numpy, to_state_dict
+from interop.arrays import to_numpy
+from interop.state_dict import load_state_dict, to_state_dict
 
 # torch class name -> (jaxrnn class, constructor arguments shared by both).
 _STACKED = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional")

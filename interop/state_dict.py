@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
+from interop.arrays import to_numpy
 from interop.keys import Rename, cell_alias, prefix_hint, rename_keys, retie, strip_wrapper, untie
 from jaxrnn.cells import _Cell
 from jaxrnn.rnn import _StackedRecurrent
@@ -64,16 +65,6 @@ def torch_key(path: tuple[str, ...], prefix: str = "") -> tuple[str, bool]:
     *modules, leaf = path
     leaf, transposed = _LEAF_RENAMES.get(leaf, (leaf, False))
     return prefix + ".".join([*map(str, modules), leaf]), transposed
-
-
-def to_numpy(value: Any) -> np.ndarray:
-    """A torch tensor, JAX array or array-like as a numpy array (bfloat16 kept as ml_dtypes' bfloat16)."""
-    if hasattr(value, "detach"):  # torch.Tensor, without importing torch
-        value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":
-            return value.float().numpy().astype(jnp.bfloat16)
-        return value.numpy()
-    return np.asarray(value)
 
 
 def _example_inputs(module: nn.Module, state_dict: Mapping[str, Any], prefix: str) -> tuple:
