@@ -303,13 +303,18 @@ def _pad_weight(weight: Array, gates: int, hidden: int, padded: int, pad_columns
 
 
 def pack_panels(weight: Array, gates: int, block: int) -> Array:
-    """``W`` ``(G Hp, K)`` -> ``(Hp/block, K, G block)``, the forward loop's layout.
+    """``W`` ``(G Hp, K)`` -> ``(Hp/block, G block/16, K, 16)``, the forward loop's layout.
 
-    ``packed[u, k, block g + j] = W[g Hp + block u + j, k]``: block ``u``'s gates side by side.
+    Block ``u`` has ``G block`` accumulator columns, its gates side by side (column ``block g + j`` is
+    unit ``block u + j`` of gate ``g``), cut into 16-column slots; each slot's ``(K, 16)`` panel is
+    contiguous, so a register tile streams one slot's rows in order:
+    ``packed[u, s, k, l] = W[g Hp + block u + j, k]`` with ``block g + j = 16 s + l``.
     """
     rows, k = weight.shape
     hidden = rows // gates
-    return weight.reshape(gates, hidden // block, block, k).transpose(1, 3, 0, 2).reshape(hidden // block, k, -1)
+    blocks = hidden // block
+    by_block = weight.reshape(gates, blocks, block, k).transpose(1, 3, 0, 2).reshape(blocks, k, -1, 16)
+    return by_block.transpose(0, 2, 1, 3)
 
 
 def backward_block(padded: int) -> int:
@@ -318,13 +323,13 @@ def backward_block(padded: int) -> int:
 
 
 def pack_backward(weight_hh: Array) -> Array:
-    """``W_hh`` ``(G Hp, Hp)`` -> ``(Hp/W, G Hp, W)``: ``packed[u, k, j] = W_hh[k, W u + j]``.
+    """``W_hh`` ``(G Hp, Hp)`` -> ``(Hp/W, W/16, G Hp, 16)``: ``packed[u, s, k, l] = W_hh[k, W u + 16 s + l]``.
 
-    ``W`` is :func:`backward_block`.
+    ``W`` is :func:`backward_block`; each 16-column slot's ``(G Hp, 16)`` panel is contiguous.
     """
     rows, hidden = weight_hh.shape
     block = backward_block(hidden)
-    return weight_hh.reshape(rows, hidden // block, block).transpose(1, 0, 2)
+    return weight_hh.reshape(rows, hidden // block, block // 16, 16).transpose(1, 2, 0, 3)
 
 
 def _bias_slots(kind: Kind, bias_ih: Array | None, bias_hh: Array | None, hidden: int) -> Array:
@@ -530,12 +535,14 @@ def pack_input_backward(weight_ih: Array) -> Array:
     """``W_ih`` ``(G Hp, I)`` -> flat panels for the input gradient ``dx_t = dz_t @ W_ih``.
 
     ``I`` is zero-padded to ``Ip``, a multiple of 16, and cut into panels of 64 columns (the last
-    may be narrower), each ``(G Hp, width)`` row-major, one after the other: ``G Hp Ip`` floats.
+    may be narrower), one after the other: ``G Hp Ip`` floats. A panel of width ``16 n`` is its
+    ``n`` 16-column slots, each ``(G Hp, 16)`` row-major, one after the other.
     """
-    inputs = weight_ih.shape[1]
+    rows, inputs = weight_ih.shape
     padded = -(-inputs // 16) * 16
     weight = jnp.pad(weight_ih, [(0, 0), (0, padded - inputs)])
-    return jnp.concatenate([weight[:, c : c + 64].reshape(-1) for c in range(0, padded, 64)])
+    slots = weight.reshape(rows, padded // 16, 16).transpose(1, 0, 2)  # (Ip/16, G Hp, 16)
+    return slots.reshape(-1)
 
 
 def _unpad_gates(a: Array, gates: int, hidden: int, padded: int) -> Array:

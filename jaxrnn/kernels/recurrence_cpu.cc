@@ -19,9 +19,9 @@
 // Shapes (T steps, B batch, I inputs, H hidden, a multiple of the cell's block; S states per step,
 // 2 for LSTM (h, c) and 1 otherwise; U = H / block):
 //   x       (T, B, I)          inputs
-//   wpi     (U, I, 16 Gi)      W_ih^T packed by block (Gi 16-column panels per block and row k)
+//   wpi     (U, Gi, I, 16)     W_ih^T packed by block, Gi 16-column slots of (I, 16) each
 //   bias    (U, 64)            the bias of each accumulator column
-//   wp      (U, H, 16 Gh)      W_hh^T packed the same way
+//   wp      (U, Gh, H, 16)     W_hh^T packed the same way
 //   state0  (S, B, H)          initial state
 //   valid   (T, B)             1 on real steps, 0 on padding (state carried, output zero)
 // Results, inference (*_forward): out (T, B, H), zero on padding; state_n (S, B, H).
@@ -29,9 +29,9 @@
 // through padding; the outputs are its h, zeroed on padding); z (T, B, Z H), the gate values the
 // backward pass needs (LSTM i, f, g, o; GRU r, z, W_hn h + b_hn, n; Z = 0 for RNN).
 // Backward (*_backward), from z, states, state0, d_out (T, B, H), d_state_n (S, B, H), valid, W_hh
-// packed as wb (H/W, G H, W) (wb[u, k, j] = W_hh[k, W u + j], W = 64 or 16; G = 4 LSTM, 3 GRU, 1 RNN),
-// x and, for the input gradient, W_ih packed as wbi (64-column panels of (G H, Ip), Ip = I rounded up
-// to 16; empty for none): d_wih_t (I, G H) and d_whh_t (H, G H), the weight gradients transposed;
+// packed as wb (H/W, W/16, G H, 16) (wb[u, s, k, l] = W_hh[k, W u + 16 s + l], W = 64 or 16; G = 4
+// LSTM, 3 GRU, 1 RNN), x and, for the input gradient, W_ih packed as wbi (Ip/16, G H, 16) (16-column
+// slots of W_ih, Ip = I rounded up to 16; empty for none): d_wih_t (I, G H) and d_whh_t (H, G H), the weight gradients transposed;
 // d_bias (2, G H), of b_ih and b_hh; dx (T, B, Ip) (empty for none); d_state0 (S, B, H).
 #include <algorithm>
 #include <atomic>
@@ -68,17 +68,26 @@ namespace {
 //   (subnormal in between, flushed to 0 where XLA's threads flush them), so sigmoid(-Inf) = 0,
 //   sigmoid(+Inf) = 1 and tanh(+-Inf) = +-1.
 
+// A register tile is kTileRows rows of a by kPassV vectors V (16 columns each) of the weights; a tile
+// of more columns (an LSTM block's 64) is computed kPassV vectors at a time, so the weights' cache
+// lines are reused by as many rows as the registers allow (with one row of V per pass and 2 rows, as
+// AVX2 had before, the tiles read the weights from L2 at its bandwidth limit: 44% of the FMA peak).
 #if defined(__AVX512F__)
 constexpr int kNative = 16;
-// 6 x 4 and 8 x 1 tiles of V: 24 and 8 of the 32 zmm registers.
-constexpr int kTileRows = 6, kTileRowsNarrow = 8;
+// 32 zmm: 6 x 4 tiles of V (24 accumulators, 4 weight vectors, a broadcast), 8 x 1 for narrow ones.
+constexpr int kTileRows = 6, kTileRowsNarrow = 8, kPassV = 4;
 #elif defined(__AVX__)
 constexpr int kNative = 8;
-// 16 ymm registers: 2 x 4 and 4 x 1 tiles of V (16 and 8 registers).
-constexpr int kTileRows = 2, kTileRowsNarrow = 4;
+// 16 ymm: 6 x 1 tiles of V (12 accumulators, a V of weights, a broadcast).
+constexpr int kTileRows = 6, kTileRowsNarrow = 6, kPassV = 1;
+#elif defined(__aarch64__)
+constexpr int kNative = 4;
+// 32 NEON registers: 6 x 1 tiles of V (24 accumulators, a V of weights, a broadcast).
+constexpr int kTileRows = 6, kTileRowsNarrow = 6, kPassV = 1;
 #else
 constexpr int kNative = 4;
-constexpr int kTileRows = 1, kTileRowsNarrow = 2;
+// 16 xmm without FMA (SSE2): 2 x 1 tiles of V (8 accumulators, a V of weights, a broadcast, a product).
+constexpr int kTileRows = 2, kTileRowsNarrow = 2, kPassV = 1;
 #endif
 constexpr int kLanes = 16, kParts = kLanes / kNative;
 typedef float NativeF __attribute__((vector_size(4 * kNative)));
@@ -114,7 +123,9 @@ JAXRNN_INLINE V load(const float* p) { JAXRNN_PARTWISE(V, *(const NativeFu*)(p +
 JAXRNN_INLINE void store(float* p, V v) {
   for (int i = 0; i < kParts; ++i) *(NativeFu*)(p + i * kNative) = v.part[i];
 }
-JAXRNN_INLINE V splat(float a) { JAXRNN_PARTWISE(V, NativeF{} + a); }
+// a - 0 is a for every a (-0 and NaN included; a + 0 would turn -0 into +0), so this is one broadcast.
+JAXRNN_INLINE NativeF splat_native(float a) { return a - NativeF{}; }
+JAXRNN_INLINE V splat(float a) { JAXRNN_PARTWISE(V, splat_native(a)); }
 JAXRNN_INLINE V zero() { return splat(0.0f); }
 JAXRNN_INLINE V one() { return splat(1.0f); }
 JAXRNN_INLINE V add(V a, V b) { return a + b; }
@@ -199,8 +210,8 @@ struct Step {
   int units;          // the real hidden units; [units, H) is zero padding
   const float* x;     // (B, I) this step's inputs
   const float* prev;  // (S, B, H) the state before the step
-  const float* wpi;   // (U, I, 16 Gi) W_ih^T packed
-  const float* wp;    // (U, H, 16 Gh) W_hh^T packed
+  const float* wpi;   // (U, Gi, I, 16) W_ih^T packed
+  const float* wp;    // (U, Gh, H, 16) W_hh^T packed
   const float* bias;  // (U, 64)
   const float* valid; // (B)
   float* out;         // (B, H), or nullptr in training (the outputs are the states' h, zero on padding)
@@ -208,20 +219,31 @@ struct Step {
   float* z;           // (B, Z H) gate values, or nullptr when not kept
 };
 
-// acc[m][Slot[g]] (+)= sum_k a[m, k] * w[k, 16 g : 16 g + 16], g < NG, for MR rows of a (row stride
-// lda) and a (K, 16 NG) weight panel.
+// acc[m][Slot[g]] (+)= sum_k a[m, k] * w_g[k, :16], g < NG, for MR rows of a (row stride lda) and NG
+// weight slots, (K, 16) panels each, slot g at w + g ws; kPassV of the NG slots per pass over K, in
+// registers, each pass streaming its slots' panels in order.
 template <int MR, int NG, const int* Slot>
-inline void tile(int K, const float* a, int lda, const float* w, V acc[][4]) {
-  for (int k = 0; k < K; ++k) {
-    V wk[NG];
-#pragma GCC unroll 4
-    for (int g = 0; g < NG; ++g) wk[g] = load(w + (k * NG + g) * 16);
+inline void tile(int K, const float* a, int lda, const float* w, size_t ws, V acc[][4]) {
+  constexpr int GP = NG < kPassV ? NG : kPassV;  // divides NG: kPassV is 1 or 4, NG 1, 3 or 4
+#pragma GCC unroll 1
+  for (int g0 = 0; g0 < NG; g0 += GP) {
+    NativeF c[MR][GP][kParts];
+    for (int m = 0; m < MR; ++m)
+      for (int g = 0; g < GP; ++g) for (int p = 0; p < kParts; ++p) c[m][g][p] = acc[m][Slot[g0 + g]].part[p];
+    for (int k = 0; k < K; ++k) {
+      NativeF wk[GP][kParts];
+#pragma GCC unroll 16
+      for (int g = 0; g < GP; ++g)
+        for (int p = 0; p < kParts; ++p) wk[g][p] = *(const NativeFu*)(w + (g0 + g) * ws + k * 16 + p * kNative);
 #pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m) {
-      const V am = splat(a[m * lda + k]);
-#pragma GCC unroll 4
-      for (int g = 0; g < NG; ++g) acc[m][Slot[g]] = fmadd(am, wk[g], acc[m][Slot[g]]);
+      for (int m = 0; m < MR; ++m) {
+        const NativeF am = splat_native(a[m * lda + k]);
+#pragma GCC unroll 16
+        for (int g = 0; g < GP; ++g) for (int p = 0; p < kParts; ++p) c[m][g][p] += am * wk[g][p];
+      }
     }
+    for (int m = 0; m < MR; ++m)
+      for (int g = 0; g < GP; ++g) for (int p = 0; p < kParts; ++p) acc[m][Slot[g0 + g]].part[p] = c[m][g][p];
   }
 }
 
@@ -384,8 +406,10 @@ template <typename Cell, int MR>
 void rows_block(const Step& s, int u, int r) {
   V acc[MR][4];
   for (int m = 0; m < MR; ++m) for (int q = 0; q < 4; ++q) acc[m][q] = zero();
-  tile<MR, Cell::kIn, Cell::kInSlot>(s.I, s.x + (size_t)r * s.I, s.I, s.wpi + (size_t)u * s.I * 16 * Cell::kIn, acc);
-  tile<MR, Cell::kHid, Cell::kHidSlot>(s.H, s.prev + (size_t)r * s.H, s.H, s.wp + (size_t)u * s.H * 16 * Cell::kHid, acc);
+  tile<MR, Cell::kIn, Cell::kInSlot>(s.I, s.x + (size_t)r * s.I, s.I, s.wpi + (size_t)u * s.I * 16 * Cell::kIn,
+                                     (size_t)s.I * 16, acc);
+  tile<MR, Cell::kHid, Cell::kHidSlot>(s.H, s.prev + (size_t)r * s.H, s.H, s.wp + (size_t)u * s.H * 16 * Cell::kHid,
+                                       (size_t)s.H * 16, acc);
   // Padding units get a zero pre-activation whatever x holds (their weights are zero, but 0 * Inf is
   // NaN), so they stay exactly 0 and never reach the real units through W_hh.
   for (int q = 0; q < 4; ++q) {
@@ -637,14 +661,14 @@ template <> struct GradOf<Lstm> { using type = LstmGrad; };
 template <> struct GradOf<Gru> { using type = GruGrad; };
 template <typename Act> struct GradOf<Rnn<Act>> { using type = RnnGrad<Act>; };
 
-// acc[m][:NP] += staged[rows r .. r + MR, columns lo .. hi] @ w[(hi - lo) rows, 16 NP], the columns
-// taken chunk by chunk (w's row stride is 16 NP).
+// acc[m][:NP] += staged[rows r .. r + MR, columns lo .. hi] @ w[(hi - lo) rows, NP slots of 16], the
+// columns taken chunk by chunk (slot q's rows at w + q ws, 16 floats each).
 template <int MR, int NP>
-inline void staged_tile(const Staged& g, int r, size_t lo, size_t hi, const float* w, V acc[][4]) {
+inline void staged_tile(const Staged& g, int r, size_t lo, size_t hi, const float* w, size_t ws, V acc[][4]) {
   while (lo < hi) {
     const size_t end = std::min(hi, (lo / 64 + 1) * 64);
-    tile<MR, NP, kSlots0123>(end - lo, g.at(r, lo), 64, w, acc);
-    w += (end - lo) * 16 * NP;
+    tile<MR, NP, kSlots0123>(end - lo, g.at(r, lo), 64, w, ws, acc);
+    w += (end - lo) * 16;
     lo = end;
   }
 }
@@ -659,7 +683,7 @@ void backward_matmul_rows(const BackStep& s, int u, int r, const float* wb) {
   for (int m = 0; m < MR; ++m) {
     for (int p = 0; p < NP; ++p) acc[m][p] = Cell::kDirectDh ? load(dh + (r + m) * H + 16 * p) : zero();
   }
-  staged_tile<MR, NP>(s.g, r, 0, K, wb + u * K * 16 * NP, acc);
+  staged_tile<MR, NP>(s.g, r, 0, K, wb + u * K * 16 * NP, K * 16, acc);
   for (int m = 0; m < MR; ++m) {
     if (s.valid[r + m] <= 0.5f) continue;
     for (int p = 0; p < NP; ++p) store(dh + (r + m) * H + 16 * p, acc[m][p]);
@@ -671,25 +695,34 @@ void backward_matmul_rows(const BackStep& s, int u, int r, const float* wb) {
 // b_of(s) + r ldb.
 template <int MR, int NV, typename AOf, typename BOf>
 inline void weight_tile(int s0, int s1, int B, AOf a_of, BOf b_of, size_t ldb, float* c, size_t ldc) {
-  V acc[MR][NV];
-  for (int i = 0; i < MR; ++i) for (int v = 0; v < NV; ++v) acc[i][v] = load(c + i * ldc + 16 * v);
-  for (int s = s0; s < s1; ++s) {
-    const float* b = b_of(s);
-    const float* a[NV];
-    for (int v = 0; v < NV; ++v) a[v] = a_of(s, v);
-    for (int r = 0; r < B; ++r, b += ldb) {
-      V av[NV];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) av[v] = load(a[v] + 64 * r);
+  constexpr int VP = NV < kPassV ? NV : kPassV;  // vectors per pass, as in tile
+#pragma GCC unroll 1
+  for (int v0 = 0; v0 < NV; v0 += VP) {
+    NativeF acc[MR][VP][kParts];
+    for (int i = 0; i < MR; ++i)
+      for (int v = 0; v < VP; ++v)
+        for (int p = 0; p < kParts; ++p) acc[i][v][p] = *(const NativeFu*)(c + i * ldc + 16 * (v0 + v) + p * kNative);
+    for (int s = s0; s < s1; ++s) {
+      const float* b = b_of(s);
+      const float* a[VP];
+      for (int v = 0; v < VP; ++v) a[v] = a_of(s, v0 + v);
+      for (int r = 0; r < B; ++r, b += ldb) {
+        NativeF av[VP][kParts];
+#pragma GCC unroll 16
+        for (int v = 0; v < VP; ++v)
+          for (int p = 0; p < kParts; ++p) av[v][p] = *(const NativeFu*)(a[v] + 64 * r + p * kNative);
 #pragma GCC unroll 8
-      for (int i = 0; i < MR; ++i) {
-        const V bi = splat(b[i]);
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[i][v] = fmadd(bi, av[v], acc[i][v]);
+        for (int i = 0; i < MR; ++i) {
+          const NativeF bi = splat_native(b[i]);
+#pragma GCC unroll 16
+          for (int v = 0; v < VP; ++v) for (int p = 0; p < kParts; ++p) acc[i][v][p] += bi * av[v][p];
+        }
       }
     }
+    for (int i = 0; i < MR; ++i)
+      for (int v = 0; v < VP; ++v)
+        for (int p = 0; p < kParts; ++p) *(NativeFu*)(c + i * ldc + 16 * (v0 + v) + p * kNative) = acc[i][v][p];
   }
-  for (int i = 0; i < MR; ++i) for (int v = 0; v < NV; ++v) store(c + i * ldc + 16 * v, acc[i][v]);
 }
 
 // Backward through the whole sequence, in the opposite order to the forward. Each step is two
@@ -711,18 +744,18 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
   auto wb_dims = wb.dimensions();
   auto x_dims = x.dimensions();
   auto dx_dims = dx_out->dimensions();
-  const int64_t W = wb_dims.size() == 3 ? wb_dims[2] : 0;
+  const int64_t W = wb_dims.size() == 4 && wb_dims[3] == 16 ? wb_dims[1] * 16 : 0;
   const bool input_grad = wbi.element_count() > 0;
   const int64_t Ip = x_dims.size() == 3 ? (x_dims[2] + 15) / 16 * 16 : 0;
   if (dims.size() != 3 || state_dims.size() != 3 || state_dims[0] != Cell::kStates || (W != 16 && W != 64) ||
-      dims[2] % W != 0 || wb_dims[0] * W != dims[2] || state_dims[2] != dims[2] || state_dims[1] != dims[1] ||
+      dims[2] % W != 0 || wb_dims[0] * W != dims[2] || wb_dims[2] != Cell::kDz * dims[2] || state_dims[2] != dims[2] || state_dims[1] != dims[1] ||
       x_dims.size() != 3 || x_dims[0] != dims[0] || x_dims[1] != dims[1] || units < 1 || units > dims[2] ||
       (input_grad && (wbi.element_count() != (int64_t)Cell::kDz * dims[2] * Ip || dx_dims.size() != 3 ||
                       dx_dims[2] != Ip))) {
     return ffi::Error::InvalidArgument(
         std::string("jaxrnn_") + Cell::kName +
-        "_backward: expected d_out (T, B, H), state0 (S, B, H), wb (H/W, K, W) with W 16 or 64 dividing H, x (T, B, "
-        "I), wbi (G H Ip) with dx (T, B, Ip), Ip = I rounded up to 16, or both empty, and units in [1, H]");
+        "_backward: expected d_out (T, B, H), state0 (S, B, H), wb (H/W, W/16, G H, 16) with W 16 or 64 dividing H, x "
+        "(T, B, I), wbi (G H Ip) with dx (T, B, Ip), Ip = I rounded up to 16, or both empty, and units in [1, H]");
   }
   const int T = dims[0], B = dims[1], H = dims[2], U = H / W, I = x_dims[2];
   const size_t state = (size_t)Cell::kStates * B * H, GH = (size_t)Cell::kDz * H;
@@ -832,17 +865,17 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
         for (int p = 0; p < panels; ++p, ++item) {
           if (item % U != u) continue;
           const int np = std::min(4, in_vectors - 4 * p);
-          const float* w = wbi_p + GH * 64 * p;  // panel p: (G H, 16 np)
+          const float* w = wbi_p + GH * 64 * p;  // panel p: np slots of (G H, 16)
           float* out = dx + ((size_t)t * B + r) * Ip + 64 * p;
           auto run = [&](auto npc) {
             constexpr int NP = decltype(npc)::value;
             V acc[MR][4];
             for (int m = 0; m < MR; ++m) for (int q = 0; q < NP; ++q) acc[m][q] = zero();
             if (Cell::kDx) {  // GRU: the r, z rows from dz, the n rows from the staged d(W_in x + b_in)
-              staged_tile<MR, NP>(g, r, 0, 2 * H, w, acc);
-              staged_tile<MR, NP>(g, r, 3 * H, 4 * H, w + (size_t)2 * H * 16 * NP, acc);
+              staged_tile<MR, NP>(g, r, 0, 2 * H, w, GH * 16, acc);
+              staged_tile<MR, NP>(g, r, 3 * H, 4 * H, w + (size_t)2 * H * 16, GH * 16, acc);
             } else {
-              staged_tile<MR, NP>(g, r, 0, GH, w, acc);
+              staged_tile<MR, NP>(g, r, 0, GH, w, GH * 16, acc);
             }
             for (int m = 0; m < MR; ++m) for (int q = 0; q < NP; ++q) store(out + m * Ip + 16 * q, acc[m][q]);
           };
