@@ -219,27 +219,32 @@ struct Step {
   float* z;           // (B, Z H) gate values, or nullptr when not kept
 };
 
-// acc[m][Slot[g]] (+)= sum_k a[m, k] * w_g[k, :16], g < NG, for MR rows of a (row stride lda) and NG
-// weight slots, (K, 16) panels each, slot g at w + g ws; kPassV of the NG slots per pass over K, in
-// registers, each pass streaming its slots' panels in order.
+// acc[m][Slot[g]] (+)= sum_k a[m, k] * w_g[k, :16], g < NG, for MR rows of a and NG weight slots,
+// (K, 16) panels each, slot g at w + g ws. a is stored in chunks of kc columns (k), cs floats apart,
+// row m of a chunk at m lda (kc = K: a plain row-major a). kPassV of the NG slots per pass over K,
+// in registers, each pass streaming its slots' panels in order.
 template <int MR, int NG, const int* Slot>
-inline void tile(int K, const float* a, int lda, const float* w, size_t ws, V acc[][4]) {
+inline void tile(int K, const float* a, int lda, int kc, size_t cs, const float* w, size_t ws, V acc[][4]) {
   constexpr int GP = NG < kPassV ? NG : kPassV;  // divides NG: kPassV is 1 or 4, NG 1, 3 or 4
 #pragma GCC unroll 1
   for (int g0 = 0; g0 < NG; g0 += GP) {
     NativeF c[MR][GP][kParts];
     for (int m = 0; m < MR; ++m)
       for (int g = 0; g < GP; ++g) for (int p = 0; p < kParts; ++p) c[m][g][p] = acc[m][Slot[g0 + g]].part[p];
-    for (int k = 0; k < K; ++k) {
-      NativeF wk[GP][kParts];
+    for (int k0 = 0; k0 < K; k0 += kc) {
+      const float* ak = a + (size_t)(k0 / kc) * cs - k0;  // ak[m lda + k], k in [k0, k0 + kc)
+      const int k1 = std::min(K, k0 + kc);
+      for (int k = k0; k < k1; ++k) {
+        NativeF wk[GP][kParts];
 #pragma GCC unroll 16
-      for (int g = 0; g < GP; ++g)
-        for (int p = 0; p < kParts; ++p) wk[g][p] = *(const NativeFu*)(w + (g0 + g) * ws + k * 16 + p * kNative);
+        for (int g = 0; g < GP; ++g)
+          for (int p = 0; p < kParts; ++p) wk[g][p] = *(const NativeFu*)(w + (g0 + g) * ws + k * 16 + p * kNative);
 #pragma GCC unroll 8
-      for (int m = 0; m < MR; ++m) {
-        const NativeF am = splat_native(a[m * lda + k]);
+        for (int m = 0; m < MR; ++m) {
+          const NativeF am = splat_native(ak[m * lda + k]);
 #pragma GCC unroll 16
-        for (int g = 0; g < GP; ++g) for (int p = 0; p < kParts; ++p) c[m][g][p] += am * wk[g][p];
+          for (int g = 0; g < GP; ++g) for (int p = 0; p < kParts; ++p) c[m][g][p] += am * wk[g][p];
+        }
       }
     }
     for (int m = 0; m < MR; ++m)
@@ -406,9 +411,9 @@ template <typename Cell, int MR>
 void rows_block(const Step& s, int u, int r) {
   V acc[MR][4];
   for (int m = 0; m < MR; ++m) for (int q = 0; q < 4; ++q) acc[m][q] = zero();
-  tile<MR, Cell::kIn, Cell::kInSlot>(s.I, s.x + (size_t)r * s.I, s.I, s.wpi + (size_t)u * s.I * 16 * Cell::kIn,
+  tile<MR, Cell::kIn, Cell::kInSlot>(s.I, s.x + (size_t)r * s.I, s.I, s.I, 0, s.wpi + (size_t)u * s.I * 16 * Cell::kIn,
                                      (size_t)s.I * 16, acc);
-  tile<MR, Cell::kHid, Cell::kHidSlot>(s.H, s.prev + (size_t)r * s.H, s.H, s.wp + (size_t)u * s.H * 16 * Cell::kHid,
+  tile<MR, Cell::kHid, Cell::kHidSlot>(s.H, s.prev + (size_t)r * s.H, s.H, s.H, 0, s.wp + (size_t)u * s.H * 16 * Cell::kHid,
                                        (size_t)s.H * 16, acc);
   // Padding units get a zero pre-activation whatever x holds (their weights are zero, but 0 * Inf is
   // NaN), so they stay exactly 0 and never reach the real units through W_hh.
@@ -561,12 +566,12 @@ ffi::Error ForwardTrain(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
 
 // A step's gradients, staged: the columns are dz's D H (the gradient of the pre-activations of
 // h_{t-1} @ W_hh^T + b_hh) and then, for GRU, the H of d(W_in x_t + b_in) (the r and z rows of
-// W_ih x_t + b_ih have dz's). They are stored by chunks of 64 columns, (columns / 64, B, 64), so that
-// a chunk's rows are contiguous for the weight gradients and the matmul walks them in order.
+// W_ih x_t + b_ih have dz's). They are stored by slots of 16 columns, (columns / 16, B, 16), so that
+// a slot's rows are contiguous: the weight gradients stream them in order, one cache line a row.
 struct Staged {
   int B;
   float* p;
-  float* at(size_t row, size_t column) const { return p + (column / 64 * B + row) * 64 + column % 64; }
+  float* at(size_t row, size_t column) const { return p + (column / 16 * B + row) * 16 + column % 16; }
 };
 
 struct BackStep {
@@ -661,16 +666,11 @@ template <> struct GradOf<Lstm> { using type = LstmGrad; };
 template <> struct GradOf<Gru> { using type = GruGrad; };
 template <typename Act> struct GradOf<Rnn<Act>> { using type = RnnGrad<Act>; };
 
-// acc[m][:NP] += staged[rows r .. r + MR, columns lo .. hi] @ w[(hi - lo) rows, NP slots of 16], the
-// columns taken chunk by chunk (slot q's rows at w + q ws, 16 floats each).
+// acc[m][:NP] += staged[rows r .. r + MR, columns lo .. hi] @ w[(hi - lo) rows, NP slots of 16] (slot q's
+// rows at w + q ws, 16 floats each; lo and hi multiples of 16).
 template <int MR, int NP>
 inline void staged_tile(const Staged& g, int r, size_t lo, size_t hi, const float* w, size_t ws, V acc[][4]) {
-  while (lo < hi) {
-    const size_t end = std::min(hi, (lo / 64 + 1) * 64);
-    tile<MR, NP, kSlots0123>(end - lo, g.at(r, lo), 64, w, ws, acc);
-    w += (end - lo) * 16;
-    lo = end;
-  }
+  tile<MR, NP, kSlots0123>(hi - lo, g.at(r, lo), 16, 16, (size_t)g.B * 16, w, ws, acc);
 }
 
 // dh[rows, W u : W u + W] (+)= dz[rows, :K] @ W_hh[:K, W u : W u + W] (W = 16 NP) on valid rows;
@@ -691,7 +691,7 @@ void backward_matmul_rows(const BackStep& s, int u, int r, const float* wb) {
 }
 
 // c^T[n, m] += sum_k b[k, n] a[k, m] for MR rows n (of x or h_{t-1}) and NV 16-column vectors of m,
-// over the B rows of each step s in [s0, s1): a's row r of step s is a_of(s)[v] + 64 r, b's is
+// over the B rows of each step s in [s0, s1): a's row r of step s is a_of(s)[v] + 16 r, b's is
 // b_of(s) + r ldb.
 template <int MR, int NV, typename AOf, typename BOf>
 inline void weight_tile(int s0, int s1, int B, AOf a_of, BOf b_of, size_t ldb, float* c, size_t ldc) {
@@ -710,7 +710,7 @@ inline void weight_tile(int s0, int s1, int B, AOf a_of, BOf b_of, size_t ldb, f
         NativeF av[VP][kParts];
 #pragma GCC unroll 16
         for (int v = 0; v < VP; ++v)
-          for (int p = 0; p < kParts; ++p) av[v][p] = *(const NativeFu*)(a[v] + 64 * r + p * kNative);
+          for (int p = 0; p < kParts; ++p) av[v][p] = *(const NativeFu*)(a[v] + 16 * r + p * kNative);
 #pragma GCC unroll 8
         for (int i = 0; i < MR; ++i) {
           const NativeF bi = splat_native(b[i]);
@@ -835,7 +835,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
             V sum = load(bias + 16 * v);
             for (int s = first; s < last; ++s) {
               const float* a = a_of(s, v);
-              for (int r = 0; r < B; ++r) sum = add(sum, load(a + 64 * r));
+              for (int r = 0; r < B; ++r) sum = add(sum, load(a + 16 * r));
             }
             store(bias + 16 * v, sum);
           }
