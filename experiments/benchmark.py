@@ -10,6 +10,7 @@ matmul peak, measured in the same process with a large GEMM.
     python experiments/benchmark.py --quick                # under a minute
     python experiments/benchmark.py --out benchmark.json   # the full table
     python experiments/benchmark.py --cells lstm --sizes b32-h256 --dtype float64 --bidirectional
+    python experiments/benchmark.py --isa avx2 --out benchmark.json   # jaxrnn and torch both held to AVX2
 """
 
 import argparse
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxrnn
+from jaxrnn.kernels import cpu
 
 # -- config ----------------------------------------------------------------------------------
 SIZES = {  # name: (batch, seq_len, input, hidden, num_layers, bidirectional, with seq_lengths)
@@ -276,6 +278,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--quick", action="store_true", help="teaching and b32-h256 sizes, default variants, 3 repeats")
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument(
+        "--isa",
+        choices=cpu.ISAS,
+        help="hold jaxrnn's kernel (JAXRNN_CPU_ISA) and torch (ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS, "
+        "ATEN_CPU_CAPABILITY) to this instruction set; default: the best each finds",
+    )
     p.add_argument("--out", help="write all samples and the table as JSON here")
     p.add_argument("--from-json", help="print the tables of an earlier run's --out file instead of measuring")
     args = p.parse_args(argv)
@@ -292,6 +300,8 @@ def main(argv=None) -> int:
         return 0
     if args.quick:
         args.sizes, args.repeats = "teach,b32-h256", 3
+    if args.isa:  # before torch is imported: its libraries read their switches once
+        os.environ.update(cpu.isa_environment(args.isa))
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     cells, sizes, modes = args.cells.split(","), args.sizes.split(","), args.modes.split(",")
@@ -312,6 +322,7 @@ def main(argv=None) -> int:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}"
     if have_torch:
         machine += f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    machine += ", " + isa_summary(have_torch)
     print(f"machine: {machine}")
     print(f"{args.dtype} matmul peak (2048^3 GEMM in jax): {peak:.0f} GFLOP/s\n")
 
@@ -374,6 +385,18 @@ def main(argv=None) -> int:
             )
         print(f"\nwrote {args.out}")
     return 0
+
+
+def isa_summary(have_torch: bool) -> str:
+    """Which instruction sets this run's jaxrnn kernel and torch use, and the switches that chose them."""
+    build, problem = cpu.isa()
+    text = f"jaxrnn kernel build {build or problem}"
+    if have_torch:
+        import torch
+
+        text += f", torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    switches = [f"{k}={os.environ[k]}" for k in cpu.isa_environment("avx2") if k in os.environ]
+    return text + (f" ({' '.join(switches)})" if switches else "")
 
 
 def lstm_train_step_compile_time() -> float:

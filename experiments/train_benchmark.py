@@ -16,6 +16,7 @@ rounds) and the ratio jaxrnn / torch.
     python experiments/train_benchmark.py                        # all four models
     python experiments/train_benchmark.py --models ptb-small --rounds 5 --out results.json
     python experiments/train_benchmark.py --profile              # where each step's time goes, per part
+    python experiments/train_benchmark.py --isa avx2             # both frameworks held to AVX2
 
 ``--profile`` times the parts of one step separately, each as its own call
 (jitted in JAX, with the tensors' gradients in torch), interleaved over
@@ -45,6 +46,7 @@ from shakespeare import CONFIG as SHAKESPEARE_CONFIG
 import jaxrnn
 from jaxrnn import lm
 from jaxrnn.data import contiguous_streams
+from jaxrnn.kernels import cpu
 from jaxrnn.lm import LMConfig
 from jaxrnn.losses import linear_cross_entropy
 from jaxrnn.parallel import check_batch_sizes, global_batch
@@ -76,6 +78,12 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write every round's timing and the table as JSON here")
     p.add_argument("--profile", action="store_true", help="time each part of the step instead of whole rounds")
+    p.add_argument(
+        "--isa",
+        choices=cpu.ISAS,
+        help="hold jaxrnn's kernel (JAXRNN_CPU_ISA) and torch (ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS, "
+        "ATEN_CPU_CAPABILITY) to this instruction set; default: the best each finds",
+    )
     return p.parse_args(argv)
 
 
@@ -376,6 +384,8 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.isa:  # before torch is imported: its libraries read their switches once
+        os.environ.update(cpu.isa_environment(args.isa))
     import torch
 
     names = args.models.split(",")
@@ -384,7 +394,8 @@ def main(argv=None) -> int:
         sys.exit(f"unknown --models {unknown}; choose from {list(MODELS)}")
     machine = (
         f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), jaxrnn kernel build "
+        f"{cpu.isa()[0] or cpu.isa()[1]}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
     )
     print(f"machine: {machine}")
     print(f"{args.rounds} interleaved rounds of {args.steps} steps each, after {args.warmup} warm-up steps\n")

@@ -78,6 +78,17 @@ def test_kernel_equals_xla_loop_batch_17_over_19_steps(cell):
 
 
 @needs_kernel
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("batch", [2, 4, 8])
+def test_kernel_equals_xla_loop_row_tile_remainders(cell, batch):
+    """Batches 2, 4 and 8 with the 6-row tiles of the AVX2 and AVX-512 builds: forward tiles of 2, 4 and 4 + 4
+    rows, backward tiles of 2, 4 and 6 + 2 (with 7 and 17 above, every remainder 1-6); 20 inputs and hidden 64
+    leave 2- and 4-row tiles of the weight gradient's x and h rows."""
+    x = jax.random.normal(jax.random.key(3), (5, batch, 20))
+    _kernel_and_xla_loop(cell, x, jnp.arange(batch) % 5 + 1, 64)
+
+
+@needs_kernel
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("loss_on", ["output", "state", "input_only"])
 def test_kernel_gradient_of_part_of_the_results(cell, loss_on):
@@ -283,3 +294,34 @@ def test_concurrent_first_uses_build_once_and_a_damaged_file_is_rebuilt(tmp_path
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == outputs[0]
     assert log.read_text().count("build") == 2
+
+
+# Targets the kernel's one source must compile for, beyond the builds this machine runs: name -> (compiler,
+# extra flags, ELF machine number of the object). The AVX-512 build is checked here even on CPUs without
+# AVX-512 (which cannot run it); aarch64 (NEON, the generic layer's 32-register tiles) with a cross compiler.
+COMPILE_TARGETS = {
+    "avx512": (cpu.compiler(), ["-march=skylake-avx512"], 62),  # EM_X86_64
+    "aarch64": ("aarch64-linux-gnu-g++", [], 183),  # EM_AARCH64; Debian: apt install g++-aarch64-linux-gnu
+}
+
+
+@pytest.mark.parametrize("target", COMPILE_TARGETS)
+def test_kernel_source_compiles_for(target, tmp_path):
+    """The source compiles (unoptimised, to keep this quick) for AVX-512 and for aarch64, with the flags of
+    the real build, to an object of that architecture that defines every handler XLA looks up."""
+    import shutil
+
+    compiler, flags, machine = COMPILE_TARGETS[target]
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no {compiler} here")
+    if target == "avx512" and not cpu._x86():
+        pytest.skip("the AVX-512 build is x86-64 only")
+    build_flags = [f for f in cpu.FLAGS if f not in ("-O3", "-shared")]
+    obj = tmp_path / f"recurrence_cpu-{target}.o"
+    command = [compiler, "-O0", "-c", *build_flags, *flags, "-isystem", jax.ffi.include_dir(), "-o", str(obj)]
+    run = subprocess.run([*command, str(cpu.SOURCE)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    data = obj.read_bytes()
+    assert data[:4] == b"\x7fELF" and int.from_bytes(data[18:20], "little") == machine
+    missing = [t for t in cpu.TARGETS if t.encode() not in data]
+    assert not missing, f"{target} object lacks {missing}"

@@ -151,6 +151,31 @@ def isa_flags(name: str) -> list[str]:
     return ["-march=x86-64", "-mtune=native"] if _x86() else []
 
 
+# For benchmarks against torch on the same instruction set: the switches of torch's CPU libraries, by build.
+_TORCH_ISA_SWITCHES = {
+    "avx512": {
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+        "ATEN_CPU_CAPABILITY": "avx512",
+    },
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+    "generic": {"ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ATEN_CPU_CAPABILITY": "default"},
+}
+
+
+def isa_environment(name: str) -> dict[str, str]:
+    """The environment variables that hold jaxrnn's kernel and torch's CPU libraries to instruction set ``name``.
+
+    ``JAXRNN_CPU_ISA`` for the kernel's build, and for torch (which reads them once, so set them before
+    ``import torch``): ``ONEDNN_MAX_CPU_ISA`` (oneDNN, torch's LSTM and matmuls), ``MKL_ENABLE_INSTRUCTIONS``
+    (MKL's GEMM) and ``ATEN_CPU_CAPABILITY`` (ATen's vectorized elementwise kernels). ``name`` is one of
+    :data:`ISAS`; nothing here checks that this CPU runs it (:func:`isa` does, for the kernel).
+    """
+    if name not in _TORCH_ISA_SWITCHES:
+        raise ValueError(f"isa_environment: {name!r} is not one of {', '.join(ISAS)}")
+    return {"JAXRNN_CPU_ISA": name, **_TORCH_ISA_SWITCHES[name]}
+
+
 def _cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("JAXRNN_KERNEL_CACHE", pathlib.Path.home() / ".cache" / "jaxrnn" / "kernels"))
 

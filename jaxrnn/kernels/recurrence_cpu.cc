@@ -223,6 +223,8 @@ struct Step {
 // (K, 16) panels each, slot g at w + g ws. a is stored in chunks of kc columns (k), cs floats apart,
 // row m of a chunk at m lda (kc = K: a plain row-major a). kPassV of the NG slots per pass over K,
 // in registers, each pass streaming its slots' panels in order.
+constexpr int kPrefetchRows = 8;  // how far ahead (rows of a weight panel) tile prefetches
+
 template <int MR, int NG, const int* Slot>
 inline void tile(int K, const float* a, int lda, int kc, size_t cs, const float* w, size_t ws, V acc[][4]) {
   constexpr int GP = NG < kPassV ? NG : kPassV;  // divides NG: kPassV is 1 or 4, NG 1, 3 or 4
@@ -237,8 +239,10 @@ inline void tile(int K, const float* a, int lda, int kc, size_t cs, const float*
       for (int k = k0; k < k1; ++k) {
         NativeF wk[GP][kParts];
 #pragma GCC unroll 16
-        for (int g = 0; g < GP; ++g)
+        for (int g = 0; g < GP; ++g) {
+          __builtin_prefetch(w + (g0 + g) * ws + (k + kPrefetchRows) * 16);
           for (int p = 0; p < kParts; ++p) wk[g][p] = *(const NativeFu*)(w + (g0 + g) * ws + k * 16 + p * kNative);
+        }
 #pragma GCC unroll 8
         for (int m = 0; m < MR; ++m) {
           const NativeF am = splat_native(ak[m * lda + k]);
