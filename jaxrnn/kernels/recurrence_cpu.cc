@@ -236,6 +236,7 @@ inline void tile(int K, const float* a, int lda, int kc, size_t cs, const float*
     for (int k0 = 0; k0 < K; k0 += kc) {
       const float* ak = a + (size_t)(k0 / kc) * cs - k0;  // ak[m lda + k], k in [k0, k0 + kc)
       const int k1 = std::min(K, k0 + kc);
+#pragma GCC unroll 2
       for (int k = k0; k < k1; ++k) {
         NativeF wk[GP][kParts];
 #pragma GCC unroll 16
