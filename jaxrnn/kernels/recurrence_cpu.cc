@@ -192,10 +192,14 @@ JAXRNN_INLINE V tanh_v(V x) {
   const V ax = vabs(x);
   const V e = exp_v(ax * splat(-2.0f));
   V t = (one() - e) / (one() + e);
-  // small |x|: x - x^3/3 + 2x^5/15 keeps the relative accuracy
+  // |x| < 0.25: the series to x^9 (relative error < 1e-8 there), where 1 - e loses digits (up to 7e-6
+  // relative with the exp form alone below 0.01; with the series at most 3e-7 over all x)
   const V x2 = x * x;
-  const V small = ax * fmadd(x2, fmadd(x2, splat(2.f / 15.f), splat(-1.f / 3.f)), one());
-  t = select(ax < splat(0.004f), small, t);
+  V series = fmadd(x2, splat(62.f / 2835.f), splat(-17.f / 315.f));
+  series = fmadd(x2, series, splat(2.f / 15.f));
+  series = fmadd(x2, series, splat(-1.f / 3.f));
+  const V small = ax * fmadd(x2, series, one());
+  t = select(ax < splat(0.25f), small, t);
   return bits_or(t, bits_and(x, (int32_t)0x80000000));
 }
 // The gradients of the activations, from their values, in the form JAX differentiates them (so the
