@@ -325,3 +325,16 @@ def test_kernel_source_compiles_for(target, tmp_path):
     assert data[:4] == b"\x7fELF" and int.from_bytes(data[18:20], "little") == machine
     missing = [t for t in cpu.TARGETS if t.encode() not in data]
     assert not missing, f"{target} object lacks {missing}"
+
+
+def test_isa_environment_names_the_switches_of_both_frameworks():
+    env = cpu.isa_environment("avx2")
+    assert env == {
+        "JAXRNN_CPU_ISA": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "ATEN_CPU_CAPABILITY": "avx2",
+    }
+    assert {cpu.isa_environment(name)["JAXRNN_CPU_ISA"] for name in cpu.ISAS} == set(cpu.ISAS)
+    with pytest.raises(ValueError, match="'sse9' is not one of avx512, avx2, generic"):
+        cpu.isa_environment("sse9")
