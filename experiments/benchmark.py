@@ -278,12 +278,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--quick", action="store_true", help="teaching and b32-h256 sizes, default variants, 3 repeats")
     p.add_argument("--no-torch", action="store_true")
-    p.add_argument(
-        "--isa",
-        choices=cpu.ISAS,
-        help="hold jaxrnn's kernel (JAXRNN_CPU_ISA) and torch (ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS, "
-        "ATEN_CPU_CAPABILITY) to this instruction set; default: the best each finds",
-    )
+    add_isa_option(p)
     p.add_argument("--out", help="write all samples and the table as JSON here")
     p.add_argument("--from-json", help="print the tables of an earlier run's --out file instead of measuring")
     args = p.parse_args(argv)
@@ -385,6 +380,16 @@ def main(argv=None) -> int:
             )
         print(f"\nwrote {args.out}")
     return 0
+
+
+def add_isa_option(parser: argparse.ArgumentParser) -> None:
+    """``--isa``, shared with train_benchmark.py; the caller applies it with ``cpu.isa_environment``."""
+    parser.add_argument(
+        "--isa",
+        choices=cpu.ISAS,
+        help="hold jaxrnn's kernel (JAXRNN_CPU_ISA) and torch (ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS, "
+        "ATEN_CPU_CAPABILITY) to this instruction set; default: the best each finds",
+    )
 
 
 def isa_summary(have_torch: bool) -> str:

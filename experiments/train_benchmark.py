@@ -40,7 +40,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ptb import CONFIGS as PTB_CONFIGS  # the sibling scripts (this directory is on sys.path)
+from benchmark import add_isa_option, isa_summary  # the sibling scripts (this directory is on sys.path)
+from ptb import CONFIGS as PTB_CONFIGS
 from shakespeare import CONFIG as SHAKESPEARE_CONFIG
 
 import jaxrnn
@@ -78,12 +79,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write every round's timing and the table as JSON here")
     p.add_argument("--profile", action="store_true", help="time each part of the step instead of whole rounds")
-    p.add_argument(
-        "--isa",
-        choices=cpu.ISAS,
-        help="hold jaxrnn's kernel (JAXRNN_CPU_ISA) and torch (ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS, "
-        "ATEN_CPU_CAPABILITY) to this instruction set; default: the best each finds",
-    )
+    add_isa_option(p)
     return p.parse_args(argv)
 
 
@@ -394,8 +390,7 @@ def main(argv=None) -> int:
         sys.exit(f"unknown --models {unknown}; choose from {list(MODELS)}")
     machine = (
         f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), jaxrnn kernel build "
-        f"{cpu.isa()[0] or cpu.isa()[1]}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), {isa_summary(have_torch=True)}"
     )
     print(f"machine: {machine}")
     print(f"{args.rounds} interleaved rounds of {args.steps} steps each, after {args.warmup} warm-up steps\n")
