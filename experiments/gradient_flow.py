@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 import jaxrnn
-from jaxrnn.equations import Cell, kind_of, project_hidden, project_input
+from jaxrnn.equations import Cell, gate_weights, kind_of, project
 from jaxrnn.params import weights_of
 
 matplotlib.use("Agg")
@@ -97,14 +97,15 @@ def hidden_gradient_norms(cell: str, params: dict, length: int, key) -> np.ndarr
     weights = weights_of(params["rnn"], "_l0")
     ids, symbols = recall_batch(key, 256, length - 2)
     x = params["embed"]["embedding"][ids] if "embed" in params else jax.nn.one_hot(ids, SYMBOLS + 2)
-    gx = project_input(weights, jnp.swapaxes(x, 0, 1))  # (L, N, G*H)
+    ih, hh = gate_weights(weights, layer_cell.num_gates)
+    gx = project(ih, jnp.swapaxes(x, 0, 1))  # G arrays (L, N, H)
 
     def loss(perturbations):
         state = layer_cell.zero_state((ids.shape[0],), jnp.float32)
 
         def body(state, inputs):
             gx_t, eps_t = inputs
-            state, h = layer_cell.combine(gx_t, project_hidden(weights, state[0]), state, weights["weight_hr"])
+            state, h = layer_cell.combine(gx_t, project(hh, state[0]), state, weights["weight_hr"])
             state = (state[0] + eps_t,) + state[1:]
             return state, None
 

@@ -16,24 +16,10 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero, custom_vjp_primal_tree_values
 
 from jaxrnn import backend
-from jaxrnn.equations import Cell, State, Weights, project_input
+from jaxrnn.equations import Cell, State, Weights, gate_blocks, gate_weights, project
 from jaxrnn.kernels import cpu
 
 Array = jax.Array
-
-
-def _transposed(weights: Weights) -> tuple[Array, Array]:
-    """``weight_ih.T`` ``(H_in, G*H)`` and ``weight_hh.T`` ``(P, G*H)``, made once before the loop.
-
-    Inside XLA's CPU loop a matmul against a pre-transposed ``(K, G*H)`` matrix
-    measured ~10% faster per step than one that transposes ``(G*H, K)`` on the
-    fly (LSTM, batch 32, hidden 256, jax 0.10.2).
-    """
-    return weights["weight_ih"].T, weights["weight_hh"].T
-
-
-def _add_bias(y: Array, bias: Array | None) -> Array:
-    return y if bias is None else y + bias
 
 
 def _mask_step(valid_t: Array | None, new_state: State, h: Array, state: State) -> tuple[State, Array]:
@@ -59,8 +45,8 @@ class LoopOptions:
       fused_backward: differentiate with a hand-written backward pass
         (``jax.custom_vjp``) whose loop over time only carries the state gradient
         (one ``(N, G*H) @ (G*H, P)`` matmul per step); the weight and input
-        gradients are then computed for all steps at once as large matmuls, as
-        cuDNN does. Reverse-mode only (``jax.grad``/``vjp``, not ``jvp``).
+        gradients are then computed for all steps at once as large matmuls (one
+        per gate), as cuDNN does. Reverse-mode only (``jax.grad``/``vjp``, not ``jvp``).
         Otherwise the forward loop is ``lax.scan`` and JAX derives the backward.
       cpu_kernel: ``"auto"`` runs the loop in jaxrnn's hand-written CPU kernel
         (:mod:`jaxrnn.kernels.cpu`, all three cells, forward and backward) where
@@ -114,16 +100,16 @@ def recurrence(
         scan = _fused_scan(cell, reverse, options.unroll, options.hoist_input_projection)
         return (*scan(weights, x, state, mask), None)
     hoisted, record = options.hoist_input_projection, options.record_states
-    weight_ih_t, weight_hh_t = _transposed(weights)
+    ih, hh = gate_weights(weights, cell.num_gates)
 
     def body(state: State, inputs: tuple) -> tuple[State, Any]:
-        x_t, valid_t = inputs  # x_t is already projected when hoisted
-        gx_t = x_t if hoisted else _add_bias(x_t @ weight_ih_t, weights["bias_ih"])
-        gh_t = _add_bias(state[0] @ weight_hh_t, weights["bias_hh"])
+        x_t, valid_t = inputs  # x_t is already projected (one (N, H) array per gate) when hoisted
+        gx_t = x_t if hoisted else project(ih, x_t)
+        gh_t = project(hh, state[0])
         new_state, h = _mask_step(valid_t, *cell.combine(gx_t, gh_t, state, weights["weight_hr"]), state)
         return new_state, ((h, new_state) if record else h)
 
-    xs = project_input(weights, x) if hoisted else x
+    xs = project(ih, x) if hoisted else x
     final, ys = jax.lax.scan(body, state, (xs, mask), reverse=reverse, unroll=options.unroll)
     return (final, *ys) if record else (final, ys, None)
 
@@ -224,17 +210,17 @@ def _fused_scan(cell: Cell, reverse: bool, unroll: int, hoisted: bool):
     """``scan(weights, x, state, mask) -> (state, outputs)`` with the fused backward pass as its VJP."""
 
     def forward(weights: Weights, x: Array, state0: State, mask: Array | None):
-        weight_ih_t, weight_hh_t = _transposed(weights)
+        ih, hh = gate_weights(weights, cell.num_gates)
 
         def body(state: State, inputs: tuple) -> tuple[State, tuple]:
             x_t, valid_t = inputs
-            gx_t = x_t if hoisted else _add_bias(x_t @ weight_ih_t, weights["bias_ih"])
-            gh_t = _add_bias(state[0] @ weight_hh_t, weights["bias_hh"])
+            gx_t = x_t if hoisted else project(ih, x_t)
+            gh_t = project(hh, state[0])
             new_state, h = cell.combine(gx_t, gh_t, state, weights["weight_hr"])
             new_state, h = _mask_step(valid_t, new_state, h, state)
             return new_state, (h, gx_t, gh_t, state)
 
-        xs = project_input(weights, x) if hoisted else x
+        xs = project(ih, x) if hoisted else x
         final, (outputs, gx, gh, previous) = jax.lax.scan(body, state0, (xs, mask), reverse=reverse, unroll=unroll)
         return (final, outputs), (weights, x, mask, gx, gh, previous)
 
@@ -242,6 +228,8 @@ def _fused_scan(cell: Cell, reverse: bool, unroll: int, hoisted: bool):
         weights, x, mask, gx, gh, previous = residuals
         d_final, d_outputs = cotangents
         weight_hr = weights["weight_hr"]
+        ih_rows = gate_blocks(weights["weight_ih"], cell.num_gates)  # (H, H_in) each
+        hh_rows = gate_blocks(weights["weight_hh"], cell.num_gates)  # (H, P) each
 
         def body(carry: tuple, inputs: tuple) -> tuple[tuple, tuple]:
             d_state, d_hr = carry
@@ -253,7 +241,7 @@ def _fused_scan(cell: Cell, reverse: bool, unroll: int, hoisted: bool):
 
             _, vjp = jax.vjp(step, gx_t, gh_t, state_t, weight_hr)
             dgx_t, dgh_t, d_prev, d_hr_t = vjp((d_state, d_out_t))
-            d_prev = (d_prev[0] + dgh_t @ weights["weight_hh"],) + tuple(d_prev[1:])
+            d_prev = (d_prev[0] + _sum_matmuls(dgh_t, hh_rows),) + tuple(d_prev[1:])
             if d_hr is not None:
                 d_hr = d_hr + d_hr_t
             return (d_prev, d_hr), (dgx_t, dgh_t)
@@ -262,16 +250,17 @@ def _fused_scan(cell: Cell, reverse: bool, unroll: int, hoisted: bool):
         (d_state0, d_hr), (dgx, dgh) = jax.lax.scan(
             body, (tuple(d_final), d_hr0), (gx, gh, previous, d_outputs, mask), reverse=not reverse, unroll=unroll
         )
-        # Everything that does not feed the recurrence: one large matmul each, over all L*N rows.
+        # Everything that does not feed the recurrence: one large matmul per gate, over all L*N rows; the
+        # gates' blocks stacked along the rows, never joined along the feature axis (jaxrnn.equations says why).
         has_bias = weights["bias_ih"] is not None
         grads = {
-            "weight_ih": jnp.einsum("lng,lni->gi", dgx, x),
-            "weight_hh": jnp.einsum("lng,lnp->gp", dgh, previous[0]),
-            "bias_ih": dgx.sum((0, 1)) if has_bias else None,
-            "bias_hh": dgh.sum((0, 1)) if has_bias else None,
+            "weight_ih": jnp.concatenate([jnp.einsum("lnh,lni->hi", d, x) for d in dgx]),
+            "weight_hh": jnp.concatenate([jnp.einsum("lnh,lnp->hp", d, previous[0]) for d in dgh]),
+            "bias_ih": jnp.concatenate([d.sum((0, 1)) for d in dgx]) if has_bias else None,
+            "bias_hh": jnp.concatenate([d.sum((0, 1)) for d in dgh]) if has_bias else None,
             "weight_hr": d_hr,
         }
-        return grads, dgx @ weights["weight_ih"], d_state0, None
+        return grads, _sum_matmuls(dgx, ih_rows), d_state0, None
 
     @jax.custom_vjp
     def scan(weights: Weights, x: Array, state0: State, mask: Array | None) -> tuple[State, Array]:
@@ -279,3 +268,14 @@ def _fused_scan(cell: Cell, reverse: bool, unroll: int, hoisted: bool):
 
     scan.defvjp(forward, backward)
     return scan
+
+
+def _sum_matmuls(gates: tuple[Array, ...], rows: tuple[Array, ...]) -> Array:
+    """``sum_g gates[g] @ rows[g]``: ``G`` gate cotangents ``(..., H)`` times a weight's row blocks ``(H, K)``.
+
+    The same as joining the gates into ``(..., G*H)`` and multiplying by the ``(G*H, K)`` weight, without the join.
+    """
+    total = gates[0] @ rows[0]
+    for d, w in zip(gates[1:], rows[1:]):
+        total = total + d @ w
+    return total

@@ -218,6 +218,28 @@ def test_parity_float64(kind, api, data, parity_log):
         check_case(data.draw(cases(kind)), "float64", parity_log, api)
 
 
+# A fixed float64 grid through XLA's loop (not hypothesis draws): every cell, unroll 2, 3 and 4 over a length
+# the unroll divides and one it does not, both directions (bidirectional), batch 4, hidden 5, input 1: the
+# shape at which XLA's CPU compiler miscompiled the gradient of a split into gates on AVX-512 hosts
+# (tests/test_xla_miscompile.py).
+UNROLL_GRID = [(unroll, length) for unroll in (2, 3, 4) for length in (2 * unroll, unroll + 1)]
+
+
+@pytest.mark.parametrize("unroll, length", UNROLL_GRID, ids=[f"unroll{u}-L{n}" for u, n in UNROLL_GRID])
+@pytest.mark.parametrize("kind, nonlinearity", [("RNN", "tanh"), ("RNN", "relu"), ("LSTM", None), ("GRU", None)])
+def test_parity_float64_unroll_grid(kind, nonlinearity, unroll, length, parity_log):
+    config = {"input_size": 1, "hidden_size": 5, "num_layers": 1, "bias": False, "batch_first": False}
+    config.update({"bidirectional": True, "unroll": unroll, "hoist_input_projection": False})
+    config.update({"fused_backward": False, "cpu_kernel": "never"})
+    if kind == "RNN":
+        config["nonlinearity"] = nonlinearity
+    if kind == "LSTM":
+        config["proj_size"] = 0
+    case = {"kind": kind, "config": config, "length": length, "batch": 4, "lengths": None, "given_h0": False}
+    with jax.enable_x64(True):
+        check_case({**case, "seed": 7}, "float64", parity_log, "functional")
+
+
 KERNEL_CASES = [  # through the CPU kernel, forced on (hidden 5 and 37: zero-padded units inside; 64: wide backward)
     {"hidden_size": 16, "num_layers": 1, "bidirectional": False, "batch": 7, "lengths": None, "given_h0": True},
     {
