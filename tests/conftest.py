@@ -2,9 +2,18 @@
 
 Hypothesis runs derandomized with a fixed example budget so CI is repeatable;
 ``HYPOTHESIS_PROFILE=thorough pytest`` explores many more random configurations.
+
+One JAX persistent compilation cache serves the whole run: a new folder per run (so no run
+reuses another's programs), set before any test process imports jax and shared by the
+pytest-xdist workers and every subprocess they start, so a program compiled once (an
+experiment's training step, the XLA loop the kernel is compared with, a layer that two tests
+build) is not compiled again by the next process or the next jitted function that builds it.
+``JAXRNN_TEST_JAX_CACHE=0`` turns it off.
 """
 
 import os
+import shutil
+import tempfile
 
 from hypothesis import HealthCheck, settings
 
@@ -16,6 +25,30 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 import pytest  # noqa: E402
+
+_CACHE_OWNER = "_jaxrnn_jax_cache"
+
+
+def pytest_configure(config):
+    if os.environ.get("JAXRNN_TEST_JAX_CACHE"):  # a worker or subprocess of a run that set it up, or "0"
+        return
+    folder = tempfile.mkdtemp(prefix="jaxrnn-tests-jax-cache-")
+    setattr(config, _CACHE_OWNER, folder)
+    os.environ.update(
+        {
+            "JAXRNN_TEST_JAX_CACHE": folder,
+            "JAX_COMPILATION_CACHE_DIR": folder,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        }
+    )
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, _CACHE_OWNER, None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+
 
 # Largest differences seen by the parity tests: {(check, dtype): value}, and configurations per cell kind.
 # Each test records into its report's user_properties, which pytest-xdist sends from the workers to the
