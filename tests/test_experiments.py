@@ -1,5 +1,6 @@
 """Every experiment script runs, as a user runs it, with a tiny budget (so none of them rots)."""
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -24,10 +25,6 @@ RUNS = [
     (
         ["seq2seq.py", "--smoke", "--out", "/tmp/jaxrnn-seq2seq-smoke"],
         "torch twin (same weights): largest logit difference",
-    ),
-    (
-        ["benchmark.py", "--cells", "gru", "--sizes", "teach", "--repeats", "1"],
-        "| gru | teach | grad | jaxrnn nnx (nnx.jit) |",
     ),
     (  # --isa generic: both frameworks held to the baseline instruction set (runs on any CPU)
         "train_benchmark.py --models ptb-small,shakespeare --steps 2 --rounds 1 --warmup 1 --isa generic".split(),
@@ -64,13 +61,6 @@ def test_language_model_smoke_runs(argv, expected, files, tmp_path):
         assert (tmp_path / name).exists(), name
 
 
-def test_language_model_scripts_report_missing_data(tmp_path):
-    for script in ("ptb.py", "shakespeare.py", "cells.py", "timeseries.py", "tag_name_lines.py", "who_speaks.py"):
-        command = [sys.executable, str(ROOT / "experiments" / script), "--smoke", "--data-dir", str(tmp_path)]
-        run = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        assert run.returncode == 1 and "does not exist" in run.stderr and "Traceback" not in run.stderr
-
-
 @pytest.mark.parametrize("argv, expected", RUNS, ids=[" ".join(a) for a, _ in RUNS])
 def test_experiment_runs(argv, expected):
     script, *args = argv
@@ -83,10 +73,65 @@ def test_experiment_runs(argv, expected):
     assert "--help" not in run.stderr
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "experiments").glob("*.py")))
-def test_experiment_help(script):
-    run = subprocess.run([sys.executable, str(ROOT / "experiments" / script), "--help"], capture_output=True, text=True)
-    assert run.returncode == 0 and "usage" in run.stdout.lower(), run.stderr
+SCRIPTS = sorted(p.name for p in (ROOT / "experiments").glob("*.py"))
+
+# Runs scripts as __main__, one after another in one interpreter (jax and torch imported once, not once per
+# script); prints {name: [exit code, stdout, stderr]} as JSON. An exception a script does not handle is caught
+# here and its traceback kept in that script's stderr, so a test can still see it.
+SCRIPT_RUNNER = """
+import contextlib, io, json, runpy, sys, traceback
+folder, runs, results = sys.argv[1], json.loads(sys.argv[2]), {}
+sys.path.insert(0, folder)
+for name, script, *args in runs:
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    sys.argv = [script, *args]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(f"{folder}/{script}", run_name="__main__")
+        except SystemExit as e:  # as the interpreter ends: sys.exit("message") prints it and exits 1
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if not isinstance(e.code, (int, type(None))):
+                print(e.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    results[name] = [code, out.getvalue(), err.getvalue()]
+print(json.dumps(results))
+"""
+
+
+def run_scripts_in_one_process(runs: list[list[str]]) -> dict[str, list]:
+    """``runs``: ``[name, script, *args]`` each; returns ``{name: [exit code, stdout, stderr]}``."""
+    command = [sys.executable, "-c", SCRIPT_RUNNER, str(ROOT / "experiments"), json.dumps(runs)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+LM_SCRIPTS = ("ptb.py", "shakespeare.py", "cells.py", "timeseries.py", "tag_name_lines.py", "who_speaks.py")
+
+
+@pytest.fixture(scope="module")
+def missing_data_runs(tmp_path_factory) -> dict[str, list]:
+    empty = str(tmp_path_factory.mktemp("no-corpora"))
+    return run_scripts_in_one_process([[s, s, "--smoke", "--data-dir", empty] for s in LM_SCRIPTS])
+
+
+@pytest.mark.parametrize("script", LM_SCRIPTS)
+def test_language_model_scripts_report_missing_data(script, missing_data_runs):
+    code, _, stderr = missing_data_runs[script]
+    assert code == 1 and "does not exist" in stderr and "Traceback" not in stderr, stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def help_runs() -> dict[str, list]:
+    return run_scripts_in_one_process([[s, s, "--help"] for s in SCRIPTS])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_experiment_help(script, help_runs):
+    code, stdout, stderr = help_runs[script]
+    assert code == 0 and "usage" in stdout.lower(), stderr[-3000:]
 
 
 def test_scalar_toy_gradient_equals_closed_form():
@@ -102,14 +147,16 @@ def test_scalar_toy_gradient_equals_closed_form():
 
 
 def test_benchmark_json_round_trip(tmp_path):
-    """--out writes every sample; --from-json prints the same tables and target checks from that file."""
+    """A run of every mode and variant of one cell (as in experiments/benchmark.py's docs) writes every sample with
+    --out; --from-json prints the same tables and target checks from that file."""
     script = str(ROOT / "experiments" / "benchmark.py")
     out = tmp_path / "bench.json"
-    argv = [sys.executable, script, "--cells", "rnn", "--sizes", "teach", "--modes", "grad", "--repeats", "2"]
+    argv = [sys.executable, script, "--cells", "gru", "--sizes", "teach", "--repeats", "1"]
     run = subprocess.run([*argv, "--out", str(out)], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "| gru | teach | grad | jaxrnn nnx (nnx.jit) |" in run.stdout
     again = subprocess.run([sys.executable, script, "--from-json", str(out)], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     targets = run.stdout[run.stdout.index("## Targets") :].split("\n\nwrote")[0]
     assert targets.strip() in again.stdout
-    assert "| rnn teach grad" in targets and "targets hold." in targets
+    assert "| gru teach grad" in targets and "targets hold." in targets
