@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_params
 
 import jaxrnn
 from jaxrnn import backend
@@ -45,7 +46,7 @@ def _kernel_and_xla_loop(cell, x, lengths, hidden, **options):
     module, kwargs = CELLS[cell]
     kernel = module(x.shape[-1], hidden, cpu_kernel="always", **options, **kwargs)
     xla = module(x.shape[-1], hidden, cpu_kernel="never", **options, **kwargs)
-    params = kernel.init(jax.random.key(1), x)
+    params = random_params(kernel, x, seed=1)
     (k_results, k_grads), (x_results, x_grads) = _run(kernel, params, x, lengths), _run(xla, params, x, lengths)
     for a, b in zip(k_results, x_results):
         np.testing.assert_allclose(a, b, atol=1e-6)
@@ -98,7 +99,7 @@ def test_kernel_gradient_of_part_of_the_results(cell, loss_on):
     x = jax.random.normal(jax.random.key(3), (11, 5, 9))
     lengths = jnp.array([11, 4, 7, 1, 11])
     layers = [module(9, 24, num_layers=2, cpu_kernel=kernel, **kwargs) for kernel in ("always", "never")]
-    params = layers[0].init(jax.random.key(4), x)
+    params = random_params(layers[0], x, seed=4)
 
     def loss(layer, params, x):
         out, state = layer.apply(params, x, seq_lengths=lengths)
@@ -219,13 +220,17 @@ def test_layers_still_run_without_the_kernel():
     assert run.returncode == 0 and run.stdout.strip() == "(4, 2, 16)", run.stderr
 
 
-def _fake_compiler(tmp_path, name: str, version: str, log=None, fail: str | None = None) -> str:
-    """A compiler script: prints ``version`` for --version, logs each build to ``log``, and runs g++ or fails."""
+def _fake_compiler(tmp_path, name: str, version: str, log=None, fail: str | None = None, quick=False) -> str:
+    """A compiler script: prints ``version`` for --version, logs each build to ``log``, and runs g++ or fails.
+
+    ``quick``: g++ at -O0 instead of the build's -O3 (5 s instead of 13 s here), for tests of how builds are
+    made and shared, not of what they compute."""
     script = tmp_path / name
     body = [
         "#!/bin/sh",
         f'if [ "$1" = "--version" ]; then echo "{version}"; exit 0; fi',
         f'echo build >> "{log}"' if log else "",
+        'for a do shift; [ "$a" = -O3 ] && a=-O0; set -- "$@" "$a"; done' if quick else "",
         f'echo "{fail}" >&2; exit 1' if fail else 'exec g++ "$@"',
     ]
     script.write_text("\n".join(body) + "\n")
@@ -269,7 +274,7 @@ def test_concurrent_first_uses_build_once_and_a_damaged_file_is_rebuilt(tmp_path
     cached library is damaged: the next process rebuilds it instead of failing."""
     log = tmp_path / "builds.log"
     env = {
-        "CXX": _fake_compiler(tmp_path, "logging-g++", "logging g++ 1", log=log),
+        "CXX": _fake_compiler(tmp_path, "logging-g++", "logging g++ 1", log=log, quick=True),
         "JAXRNN_KERNEL_CACHE": str(tmp_path / "cache"),
         "JAXRNN_CPU_ISA": cpu.isa()[0],
     }
