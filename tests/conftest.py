@@ -1,7 +1,9 @@
 """Shared test settings.
 
 Hypothesis runs derandomized with a fixed example budget so CI is repeatable;
-``HYPOTHESIS_PROFILE=thorough pytest`` explores many more random configurations.
+``HYPOTHESIS_PROFILE=thorough python -m pytest`` is the thorough run: 300 random (not
+derandomized) configurations per hypothesis test instead of 20, and the full cost where a
+test shrinks one for CI's sake (``helpers.THOROUGH``).
 
 One JAX persistent compilation cache serves the whole run: a new folder per run (so no run
 reuses another's programs), set before any test process imports jax and shared by the

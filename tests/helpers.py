@@ -1,10 +1,15 @@
 """Small helpers the test files share."""
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+# The one switch for a thorough run: HYPOTHESIS_PROFILE=thorough (tests/conftest.py) also makes the tests that
+# shrink a cost for CI's sake (a compiler at -O0 where only how builds are made is tested) take the full one.
+THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
 
 
 def random_params(layer, x, seed: int = 0) -> dict:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import random_params
+from helpers import THOROUGH, random_params
 
 import jaxrnn
 from jaxrnn import backend
@@ -224,7 +224,7 @@ def _fake_compiler(tmp_path, name: str, version: str, log=None, fail: str | None
     """A compiler script: prints ``version`` for --version, logs each build to ``log``, and runs g++ or fails.
 
     ``quick``: g++ at -O0 instead of the build's -O3 (5 s instead of 13 s here), for tests of how builds are
-    made and shared, not of what they compute."""
+    made and shared, not of what they compute (-O3 in a thorough run, ``HYPOTHESIS_PROFILE=thorough``)."""
     script = tmp_path / name
     body = [
         "#!/bin/sh",
@@ -274,7 +274,7 @@ def test_concurrent_first_uses_build_once_and_a_damaged_file_is_rebuilt(tmp_path
     cached library is damaged: the next process rebuilds it instead of failing."""
     log = tmp_path / "builds.log"
     env = {
-        "CXX": _fake_compiler(tmp_path, "logging-g++", "logging g++ 1", log=log, quick=True),
+        "CXX": _fake_compiler(tmp_path, "logging-g++", "logging g++ 1", log=log, quick=not THOROUGH),
         "JAXRNN_KERNEL_CACHE": str(tmp_path / "cache"),
         "JAXRNN_CPU_ISA": cpu.isa()[0],
     }
