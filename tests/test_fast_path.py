@@ -57,13 +57,17 @@ def run(module, params, x, hx, lengths, cotangent_seed=7):
     return out, state, grads
 
 
+def assert_same_non_finite(got, want, what: str) -> None:
+    """NaN, +Inf and -Inf at the same positions."""
+    for where, test in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
+        np.testing.assert_array_equal(test(got), test(want), err_msg=f"{what}: {where} positions differ")
+
+
 def assert_same_values(got, want, what: str, rtol: float = 2e-5) -> None:
     """Same NaN and same +-Inf positions; the finite entries within ``rtol`` of the largest finite one."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     assert got.shape == want.shape, what
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{what}: NaN positions differ")
-    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want), err_msg=f"{what}: +Inf positions differ")
-    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want), err_msg=f"{what}: -Inf positions differ")
+    assert_same_non_finite(got, want, what)
     finite = np.isfinite(want)
     scale = float(np.abs(want[finite]).max(initial=0.0))
     np.testing.assert_allclose(got[finite], want[finite], rtol=0, atol=rtol * scale + 1e-30, err_msg=what)
@@ -74,8 +78,8 @@ def assert_as_accurate(got, loop, exact, what: str, rtol: float = 2e-5) -> None:
     ``exact`` than twice the loop's own distance from it, or within ``rtol`` of the largest (as
     :func:`assert_same_values`). For ill-conditioned inputs, where float32 rounding alone exceeds that bound."""
     got, loop, exact = (np.asarray(a, np.float64) for a in (got, loop, exact))
-    for where, test in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
-        np.testing.assert_array_equal(test(got), test(loop), err_msg=f"{what}: {where} positions differ")
+    assert got.shape == loop.shape == exact.shape, what
+    assert_same_non_finite(got, loop, what)
     finite = np.isfinite(loop) & np.isfinite(exact)
     scale = float(np.abs(loop[finite]).max(initial=0.0))
     error, loop_error = (float(np.abs(a[finite] - exact[finite]).max(initial=0.0)) for a in (got, loop))
@@ -93,25 +97,25 @@ def kernel_vs_loop(cell, x, hidden, *, lengths=None, hx=None, params=None, again
     loop = layer(x.shape[-1], hidden, cpu_kernel="never", **options, **extra)
     params = random_params(kernel, x, seed=1) if params is None else params
     k, l = run(kernel, params, x, hx, lengths), run(loop, params, x, hx, lengths)
-    if against_float64:
-        with jax.enable_x64(True):
-            wide = layer(x.shape[-1], hidden, cpu_kernel="never", param_dtype=jnp.float64, **options, **extra)
-            as64 = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)  # noqa: E731
-            e = jax.tree.map(np.asarray, run(wide, as64(params), as64(x), as64(hx), lengths))
-
-        def compare(got, want, what, rtol=2e-5):
-            assert_as_accurate(got, want, reference.pop(0), what, rtol)
-
-        reference = jax.tree.leaves(e[:2]) + jax.tree.leaves(e[2])
-    else:
-        compare = assert_same_values
-    for name, a, b in zip(("output", "state"), k[:2], l[:2]):
-        for i, (pa, pb) in enumerate(zip(jax.tree.leaves(a), jax.tree.leaves(b))):
-            compare(pa, pb, f"{cell} {name}[{i}]")
+    checks = [  # (kernel's, loop's, what, bound relative to the largest)
+        (pa, pb, f"{cell} {name}[{i}]", 2e-5)
+        for name, a, b in zip(("output", "state"), k[:2], l[:2])
+        for i, (pa, pb) in enumerate(zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    ]
     names = ["params", "x", "hx"]
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(k[2]), jax.tree.leaves(l[2])):
         where = names[path[0].idx] + jax.tree_util.keystr(path[1:])
-        compare(a, b, f"{cell} gradient of {where}", rtol=1e-4)  # the parity tests' gradient bound
+        checks.append((a, b, f"{cell} gradient of {where}", 1e-4))  # the parity tests' gradient bound
+    if not against_float64:
+        for got, want, what, rtol in checks:
+            assert_same_values(got, want, what, rtol)
+        return k
+    with jax.enable_x64(True):
+        wide = layer(x.shape[-1], hidden, cpu_kernel="never", param_dtype=jnp.float64, **options, **extra)
+        as64 = lambda tree: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)  # noqa: E731
+        exact = jax.tree.leaves(run(wide, as64(params), as64(x), as64(hx), lengths))  # outputs, states, grads
+    for (got, want, what, rtol), e in zip(checks, exact, strict=True):
+        assert_as_accurate(got, want, e, what, rtol)
     return k
 
 

@@ -197,15 +197,9 @@ def run_jax(case: dict, dtype: str, api: str, inputs: dict) -> dict:
     }
 
 
-def run_both(case: dict, dtype: str, api: str = "linen") -> tuple[dict, dict]:
-    """Returns (torch results, jax results), each {'output', 'states', 'grads'} as numpy."""
-    inputs, torch_result = run_torch(case, dtype)
-    return torch_result, run_jax(case, dtype, api, inputs)
-
-
 def check_case(case: dict, dtype: str, parity_log, apis: tuple[str, ...] = ("linen",)) -> None:
-    """Torch once, then each of ``apis`` against it. Linen and the functional core build the same XLA
-    program, so the second of them is read back from the run's compilation cache (tests/conftest.py)."""
+    """Torch once, then each of ``apis`` against it. The three APIs build the same XLA program, so all but
+    the first read it back from the run's compilation cache (tests/conftest.py)."""
     value_tol, grad_tol = TOLERANCES[dtype]
     inputs, t = run_torch(case, dtype)
     for api in apis:
