@@ -14,16 +14,18 @@ The rules, in order, for ``cpu_kernel="auto"`` (the default):
    sequence; an option that only the XLA loop has (``unroll != 1``,
    ``hoist_input_projection``, ``fused_backward``); forward-mode
    differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``), since the
-   kernel's derivative is reverse-mode only; the kernel cannot be built here
-   (:func:`jaxrnn.kernels.cpu.unavailable_reason`).
+   kernel's derivative is reverse-mode only.
 3. The kernel's build for this CPU is ``generic`` (no AVX2: SSE2 or another
    architecture): the XLA loop, which measured as fast or faster than that
    build (batch 32, hidden 256, 100 steps, on a 2-core AVX2 machine forced to
    the SSE2 build, kernel against XLA loop, forward / gradient in ms: LSTM
    38.7 / 125 against 37.9 / 122, GRU 36.2 / 119 against 22.0 / 72.5, RNN
    12.9 / 34.0 against 8.5 / 31.3). The aarch64 (NEON) build has never been
-   timed. ``cpu_kernel="always"`` runs it.
-4. Otherwise the kernel (``avx512`` or ``avx2`` build).
+   timed. ``cpu_kernel="always"`` runs it. Decided before the kernel is
+   loaded: nothing is loaded or compiled for a build "auto" leaves alone.
+4. The kernel cannot be loaded or built here
+   (:func:`jaxrnn.kernels.cpu.unavailable_reason`, which warns once): the XLA loop.
+5. Otherwise the kernel (``avx512`` or ``avx2`` build).
 
 ``cpu_kernel="always"`` raises a ``ValueError`` that gives the reason wherever
 ``"auto"`` would take the XLA loop.
@@ -134,16 +136,15 @@ def choose(
         against = f"{named}: an option of the XLA loop"
     elif forward_mode:
         against = "forward-mode differentiation (jax.jvp, jacfwd, hessian): the kernel's derivative is reverse-mode"
+    elif cpu_kernel == "auto" and cpu.isa()[0] in SLOWER_THAN_XLA:  # decided before the build is loaded
+        why = f"the kernel's {cpu.isa()[0]} build is slower than the XLA loop (cpu_kernel='always' runs it)"
+        return Choice(XLA_LOOP, why)
     else:
         unavailable = cpu.unavailable_reason()
         if unavailable is not None:
             against = f"the kernel is unavailable: {unavailable}"
     if against is None:
-        build = cpu.isa()[0]
-        if build in SLOWER_THAN_XLA and cpu_kernel == "auto":
-            why = f"the kernel's {build} build is slower than the XLA loop (cpu_kernel='always' runs it)"
-            return Choice(XLA_LOOP, why)
-        return Choice(KERNEL, f"float32 on cpu, the kernel's {build} build")
+        return Choice(KERNEL, f"float32 on cpu, the kernel's {cpu.isa()[0]} build")
     if cpu_kernel == "always":
         raise ValueError(
             f"cpu_kernel='always' but the CPU kernel cannot run this {cell} layer: {against}. "

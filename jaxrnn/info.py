@@ -1,7 +1,8 @@
 """``python -m jaxrnn.info``: which loop each recurrent layer gets on this machine, and why.
 
 Prints the JAX backend, the CPU features the kernel looks at, the kernel's
-build (instruction set), compiler and cache path (building it if needed), then
+build (instruction set), compiler and library (the package's, or one built at
+first use, which this builds if needed), then
 one line per cell and dtype for a layer with default options, from
 :func:`jaxrnn.backend.choose`, the function the layers themselves ask.
 """
@@ -21,6 +22,15 @@ CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 DTYPES = ("float32", "float64", "bfloat16")
 
 
+def _library(build: str | None) -> str:
+    if build is None:
+        return "-"
+    path = cpu.library_path(build)
+    if path == cpu.packaged_library(build):
+        return f"{path} (built with the package)"
+    return f"{path} (built at first use{'' if path.exists() else '; not built yet'})"
+
+
 def report() -> str:
     """The report ``python -m jaxrnn.info`` prints."""
     build, isa_problem = cpu.isa()
@@ -33,7 +43,7 @@ def report() -> str:
         + (f" (JAXRNN_CPU_ISA={os.environ['JAXRNN_CPU_ISA']})" if os.environ.get("JAXRNN_CPU_ISA") else "")
         + (f"; {isa_problem}" if isa_problem else ""),
         f"compiler: {compiler} ({cpu._compiler_version(compiler) or 'not found'})",
-        f"kernel library: {cpu.library_path(build) if build else '-'}",
+        f"kernel library: {_library(build)}",
         f"kernel: {'available' if reason is None else 'unavailable: ' + reason}",
         "",
         "backend of a layer with default options (cpu_kernel='auto'):",

@@ -1,4 +1,4 @@
-"""Hand-written CPU kernels for the RNN, LSTM and GRU recurrences, compiled on first use, called through XLA's FFI.
+"""Hand-written CPU kernels for the RNN, LSTM and GRU recurrences, built with the package, called through XLA's FFI.
 
 XLA's CPU loop runs one small matmul per time step well below the machine's
 GEMM speed and spreads it badly over cores (see the README's performance
@@ -11,17 +11,21 @@ own intra-op thread pool share each step's blocks of hidden units. One C++
 template serves all cells; :data:`KINDS` lists them (``"lstm"``, ``"gru"``,
 ``"rnn_tanh"``, ``"rnn_relu"``).
 
-The source is written once against 16-lane GCC vectors and ships with jaxrnn;
-it is compiled for one instruction set (:data:`ISAS`: ``"avx512"``, ``"avx2"``
-or ``"generic"``, the best this CPU has unless ``$JAXRNN_CPU_ISA`` names one)
-with the system's C++ compiler (``$CXX``, else ``g++``) into
-``$JAXRNN_KERNEL_CACHE`` (default ``~/.cache/jaxrnn/kernels``) the first time
-it is needed (20-30 s on a 2-core machine), under a file lock so that
-concurrent processes compile it once. The cache key covers the source, the
-flags, the compiler's version, jax's version and the CPU. When the kernel is
-impossible (no compiler, no ``jax.ffi``, ``JAXRNN_CPU_KERNEL=0``, a failed
-compile) :func:`unavailable_reason` says why and jaxrnn uses its XLA loop
-instead; a failed compile also warns once, with the compiler's message.
+The source is written once against 16-lane GCC vectors. The package build
+compiles it once per instruction set (:data:`ISAS`: ``"avx512"``, ``"avx2"``,
+``"generic"``; see :mod:`jaxrnn.kernels.build`) into this package's folder,
+and :func:`isa` picks the best build this CPU runs (``$JAXRNN_CPU_ISA`` forces
+one). Where the package holds no library of that build for this source (an
+editable install whose ``recurrence_cpu.cc`` was edited, a wheel built with
+``JAXRNN_BUILD_KERNEL=0``), the build is compiled at first use with the
+system's C++ compiler (``$CXX``, else ``g++``) into ``$JAXRNN_KERNEL_CACHE``
+(default ``~/.cache/jaxrnn/kernels``; 15-25 s on a 2-core machine), under a
+file lock so that concurrent processes compile it once; that cache key covers
+the source, the flags, the compiler's version and jax's version. When the
+kernel is impossible (no library and no compiler, no ``jax.ffi``,
+``JAXRNN_CPU_KERNEL=0``, a failed compile) :func:`unavailable_reason` says why
+and jaxrnn uses its XLA loop instead; no compiler or a failed compile also
+warns once, naming the slower path and what to install.
 """
 
 from __future__ import annotations
@@ -36,7 +40,6 @@ import pathlib
 import platform
 import shutil
 import subprocess
-import tempfile
 import warnings
 from collections.abc import Callable
 
@@ -47,14 +50,13 @@ import numpy as np
 from jax._src import dispatch
 from jax.interpreters import batching, mlir
 
+from jaxrnn.kernels import build
+from jaxrnn.kernels.build import ISAS, compiler
+
 Array = jax.Array
 
-SOURCE = pathlib.Path(__file__).with_name("recurrence_cpu.cc")
-FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-ffp-contract=fast", "-Wno-psabi"]
-ISAS = ("avx512", "avx2", "generic")
-"""The kernel's builds, fastest first. ``avx512`` and ``avx2`` compile for this CPU (``-march=native``, the
-second without AVX-512); ``generic`` for the architecture's baseline (x86-64: SSE2), which is what runs on
-other architectures. The source names no instruction: the compiler emits only what the target has."""
+PACKAGE_DIR = pathlib.Path(__file__).parent
+"""Where the package build puts the kernel's libraries (:func:`jaxrnn.kernels.build.compile_all`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,24 +116,22 @@ def _cpu_flags() -> str:
 
 
 def cpu_features() -> list[str]:
-    """The CPU features the kernel's choice of build looks at, as this machine reports them."""
+    """The CPU features the kernel's choice of build looks at (:data:`jaxrnn.kernels.build.X86_FEATURES`), as
+    this machine reports them."""
     flags = set(_cpu_flags().split())
-    return [name for name in ("avx512f", "avx512vl", "avx2", "fma") if name in flags]
+    return [name for name in build.X86_FEATURES["avx512"] if name in flags]
 
 
 def _x86() -> bool:
-    return platform.machine() in ("x86_64", "AMD64")
+    return platform.machine() in build.X86_MACHINES
 
 
 def isa() -> tuple[str | None, str | None]:
     """``(isa, None)``: the build the kernel uses here (``$JAXRNN_CPU_ISA``, else the best this CPU runs), or
     ``(None, reason)`` when ``$JAXRNN_CPU_ISA`` names one this CPU cannot run or no such build."""
     features = set(cpu_features())
-    runs = {
-        "avx512": _x86() and "avx512f" in features,
-        "avx2": _x86() and {"avx2", "fma"} <= features,
-        "generic": True,
-    }
+    runs = {name: _x86() and set(build.X86_FEATURES[name]) <= features for name in ("avx512", "avx2")}
+    runs["generic"] = True
     wanted = os.environ.get("JAXRNN_CPU_ISA", "")
     if not wanted:
         return next(name for name in ISAS if runs[name]), None
@@ -140,15 +140,6 @@ def isa() -> tuple[str | None, str | None]:
     if not runs[wanted]:
         return None, f"JAXRNN_CPU_ISA={wanted}, but this CPU ({platform.machine()}) cannot run that build"
     return wanted, None
-
-
-def isa_flags(name: str) -> list[str]:
-    """The compiler flags of build ``name`` (one of :data:`ISAS`)."""
-    if name == "avx512":
-        return ["-march=native"]
-    if name == "avx2":
-        return ["-march=native", "-mno-avx512f"]
-    return ["-march=x86-64", "-mtune=native"] if _x86() else []
 
 
 # For benchmarks against torch on the same instruction set: the switches of torch's CPU libraries, by build.
@@ -180,11 +171,6 @@ def _cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("JAXRNN_KERNEL_CACHE", pathlib.Path.home() / ".cache" / "jaxrnn" / "kernels"))
 
 
-def compiler() -> str:
-    """The C++ compiler the kernel is built with: ``$CXX``, else ``g++``."""
-    return os.environ.get("CXX", "g++")
-
-
 @functools.cache
 def _compiler_version(compiler: str) -> str:
     try:
@@ -194,26 +180,25 @@ def _compiler_version(compiler: str) -> str:
     return run.stdout.splitlines()[0] if run.stdout else ""
 
 
-def _compile_command(compiler: str, name: str, output: pathlib.Path) -> list[str]:
-    return [compiler, *FLAGS, *isa_flags(name), "-isystem", jax.ffi.include_dir(), "-o", str(output), str(SOURCE)]
+def packaged_library(name: str) -> pathlib.Path:
+    """Where the package build put build ``name`` of this source (the file may not exist)."""
+    return PACKAGE_DIR / build.library_name(name, build.source_key(name))
+
+
+def cached_library(name: str) -> pathlib.Path:
+    """Where a build at first use puts build ``name``: in ``$JAXRNN_KERNEL_CACHE``, under a name that also
+    hashes the compiler's version and jax's."""
+    comp = compiler()
+    extra = "\n".join([comp, _compiler_version(comp), jax.__version__]).encode()
+    key = hashlib.sha256(build.source_key(name).encode() + extra).hexdigest()[:16]
+    return _cache_dir() / build.library_name(name, key)
 
 
 def library_path(name: str) -> pathlib.Path:
-    """Where build ``name`` of the kernel is cached: the file name carries a hash of everything it depends on."""
-    comp = compiler()
-    key = hashlib.sha256(
-        SOURCE.read_bytes()
-        + "\n".join(
-            [
-                " ".join(_compile_command(comp, name, pathlib.Path("out"))),
-                _compiler_version(comp),
-                jax.__version__,
-                platform.machine(),
-                _cpu_flags(),
-            ]
-        ).encode()
-    ).hexdigest()[:16]
-    return _cache_dir() / f"recurrence_cpu-{name}-{key}.so"
+    """The library build ``name`` is loaded from: the package's (:func:`packaged_library`) where it exists, else
+    the one built at first use (:func:`cached_library`)."""
+    packaged = packaged_library(name)
+    return packaged if packaged.exists() else cached_library(name)
 
 
 @contextlib.contextmanager
@@ -232,50 +217,68 @@ def _file_lock(path: pathlib.Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _compile(compiler: str, name: str, library: pathlib.Path) -> None:
-    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
-        partial = pathlib.Path(tmp) / library.name
-        command = _compile_command(compiler, name, partial)
-        run = subprocess.run(command, capture_output=True, text=True)
-        if run.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{run.stderr[-2000:]}")
-        os.replace(partial, library)  # atomic: a process that loads it sees the whole file or none
-
-
 def _build_and_load(name: str, library: pathlib.Path) -> ctypes.CDLL:
     """Compiles ``library`` unless it is cached (once across processes: under a lock), loads it; a cached file
     that does not load (damaged, or from another system) is compiled again once."""
-    comp = compiler()
+    comp, include = compiler(), jax.ffi.include_dir()
     library.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(library.with_suffix(".lock")):
         if not library.exists():
-            _compile(comp, name, library)
+            build.compile_library(comp, name, include, library)
         try:
             return ctypes.CDLL(str(library))
         except OSError:
             library.unlink(missing_ok=True)
-            _compile(comp, name, library)
+            build.compile_library(comp, name, include, library)
             return ctypes.CDLL(str(library))
+
+
+# What the XLA loop costs where the kernel would run: the README's benchmark (kernel against XLA loop, same run).
+XLA_LOOP_COST = "forward 1.6-2.7x and gradients 1.5-3.1x the kernel's time in the README's benchmark"
+
+
+def _off(reason: str) -> tuple[None, str]:
+    """Warns once per build (``_load`` is cached) that the kernel is off and the XLA loop runs; returns ``reason``."""
+    warnings.warn(
+        f"jaxrnn: the CPU kernel is off, recurrent layers run XLA's loop instead ({XLA_LOOP_COST}): {reason}. "
+        "JAXRNN_CPU_KERNEL=0 chooses the XLA loop without this warning.",
+        RuntimeWarning,
+        3,
+    )
+    return None, reason
 
 
 @functools.cache
 def _load(name: str) -> tuple[ctypes.CDLL | None, str | None]:
-    """Compiles (once per source, flags, compiler, jax version and CPU), loads and registers build ``name``."""
+    """Loads and registers build ``name``: the package's library, else one compiled at first use (once per
+    source, flags, compiler and jax version)."""
     if not hasattr(jax, "ffi") or not hasattr(jax.ffi, "include_dir"):
         return None, f"jax {jax.__version__} has no jax.ffi"
-    if shutil.which(compiler()) is None:
-        return None, f"no C++ compiler ({compiler()!r} not found; set CXX)"
-    library = library_path(name)
+    packaged = packaged_library(name)
     try:
-        lib = _build_and_load(name, library)
+        lib = ctypes.CDLL(str(packaged)) if packaged.exists() else None
+    except OSError:  # damaged, or built for another system: build one at first use instead
+        lib = None
+    if lib is None:
+        if shutil.which(compiler()) is None:
+            return _off(
+                f"this installation has no {name} library built from this source ({packaged.name}) and there is no "
+                f"C++ compiler to build one ({compiler()!r} not found). Install a C++ compiler (Debian/Ubuntu: "
+                "apt install g++; macOS: xcode-select --install; or set CXX), or a jaxrnn wheel built for this "
+                "platform"
+            )
+        library = cached_library(name)
+        try:
+            lib = _build_and_load(name, library)
+        except (OSError, RuntimeError) as error:
+            return _off(f"could not build or load {library}: {error}")
+    try:
         for target in TARGETS:  # each build under its own names, so one process can run several
             jax.ffi.register_ffi_target(
                 registered_target(target, name), jax.ffi.pycapsule(getattr(lib, target)), platform="cpu"
             )
-    except (OSError, RuntimeError, AttributeError) as error:
-        reason = f"could not build or load {library}: {error}"
-        warnings.warn(f"jaxrnn: the CPU kernel is off, the XLA loop runs instead: {reason}", RuntimeWarning, 2)
-        return None, reason
+    except AttributeError as error:
+        return _off(f"{lib._name} lacks a kernel: {error}")
     return lib, None
 
 
