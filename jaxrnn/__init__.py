@@ -12,6 +12,8 @@
 Flax NNX: ``jaxrnn.nnx.LSTM(4, 8, 2, batch_first=True, rngs=nnx.Rngs(0))`` (:mod:`jaxrnn.nnx`).
 """
 
+import importlib.metadata
+
 from jaxrnn import functional
 from jaxrnn.cells import GRUCell, LSTMCell, RNNCell
 from jaxrnn.data import Vocab, bptt_batches, contiguous_streams, num_bptt_batches, sliding_windows
@@ -79,4 +81,7 @@ __all__ = [
     "perplexity",
     "train_update",
 ]
-__version__ = "0.1.0"
+try:  # the one version source is pyproject.toml, read back from the installed package's metadata
+    __version__ = importlib.metadata.version("jaxrnn")
+except importlib.metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
