@@ -4,15 +4,12 @@ Parity with torch (outputs, final states, gradients, lengths, both directions)
 is in tests/test_parity.py::test_parity_cpu_kernel.
 """
 
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import THOROUGH, random_params
+from helpers import random_params
 
 import jaxrnn
 from jaxrnn import backend
@@ -187,149 +184,6 @@ def test_direct_call_checks_its_arguments():
             input_grad=True,
             reverse=False,
         )
-
-
-def _reason_in_subprocess(env: dict) -> str:
-    code = "from jaxrnn.kernels import cpu; print(cpu.unavailable_reason())"
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
-    assert run.returncode == 0, run.stderr
-    return run.stdout.strip()
-
-
-def test_disabled_by_environment_variable():
-    assert _reason_in_subprocess({"JAXRNN_CPU_KERNEL": "0"}) == "disabled by JAXRNN_CPU_KERNEL=0"
-
-
-def test_missing_compiler_falls_back_with_a_reason(tmp_path):
-    reason = _reason_in_subprocess({"CXX": "no-such-compiler", "JAXRNN_KERNEL_CACHE": str(tmp_path)})
-    if "AVX-512" in reason or "jax.ffi" in reason:
-        pytest.skip(reason)
-    assert reason == "no C++ compiler ('no-such-compiler' not found; set CXX)"
-
-
-def test_layers_still_run_without_the_kernel():
-    code = (
-        "import jax, jax.numpy as jnp, jaxrnn\n"
-        "m = jaxrnn.LSTM(3, 16)\n"
-        "x = jnp.ones((4, 2, 3))\n"
-        "out, _ = m.apply(m.init(jax.random.key(0), x), x)\n"
-        "print(out.shape)\n"
-    )
-    env = {**os.environ, "JAXRNN_CPU_KERNEL": "0"}
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert run.returncode == 0 and run.stdout.strip() == "(4, 2, 16)", run.stderr
-
-
-def _fake_compiler(tmp_path, name: str, version: str, log=None, fail: str | None = None, quick=False) -> str:
-    """A compiler script: prints ``version`` for --version, logs each build to ``log``, and runs g++ or fails.
-
-    ``quick``: g++ at -O0 instead of the build's -O3 (5 s instead of 13 s here), for tests of how builds are
-    made and shared, not of what they compute (-O3 in a thorough run, ``HYPOTHESIS_PROFILE=thorough``)."""
-    script = tmp_path / name
-    body = [
-        "#!/bin/sh",
-        f'if [ "$1" = "--version" ]; then echo "{version}"; exit 0; fi',
-        f'echo build >> "{log}"' if log else "",
-        'for a do shift; [ "$a" = -O3 ] && a=-O0; set -- "$@" "$a"; done' if quick else "",
-        f'echo "{fail}" >&2; exit 1' if fail else 'exec g++ "$@"',
-    ]
-    script.write_text("\n".join(body) + "\n")
-    script.chmod(0o755)
-    return str(script)
-
-
-def _in_subprocess(code: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
-
-
-def test_cache_key_covers_the_compiler_version(tmp_path):
-    code = "from jaxrnn.kernels import cpu; print(cpu.library_path('generic').name)"
-    names = [
-        _in_subprocess(code, {"CXX": _fake_compiler(tmp_path, f"cc{v}", f"fake c++ {v}")}).stdout.strip()
-        for v in (1, 2)
-    ]
-    assert names[0] != names[1] and all(n.startswith("recurrence_cpu-generic-") for n in names)
-
-
-def test_failed_build_warns_once_with_the_compilers_message(tmp_path):
-    compiler = _fake_compiler(tmp_path, "broken", "broken 1", fail="error: the compiler says no")
-    code = (
-        "import warnings; warnings.simplefilter('always')\n"
-        "from jaxrnn.kernels import cpu\n"
-        "with warnings.catch_warnings(record=True) as seen:\n"
-        "    warnings.simplefilter('always')\n"
-        "    a, b = cpu.unavailable_reason(), cpu.unavailable_reason()\n"
-        "print(len(seen)); print(seen[0].message); print(a == b)\n"
-    )
-    run = _in_subprocess(code, {"CXX": compiler, "JAXRNN_KERNEL_CACHE": str(tmp_path / "cache")})
-    count, message, same = run.stdout.strip().splitlines()[0], run.stdout, run.stdout.strip().splitlines()[-1]
-    assert run.returncode == 0, run.stderr
-    assert count == "1" and same == "True"
-    assert "the XLA loop runs instead" in message and "the compiler says no" in message
-
-
-@needs_kernel
-def test_concurrent_first_uses_build_once_and_a_damaged_file_is_rebuilt(tmp_path):
-    """Three processes start on an empty cache at once: one build, and all three run the kernel. Then the
-    cached library is damaged: the next process rebuilds it instead of failing."""
-    log = tmp_path / "builds.log"
-    env = {
-        "CXX": _fake_compiler(tmp_path, "logging-g++", "logging g++ 1", log=log, quick=not THOROUGH),
-        "JAXRNN_KERNEL_CACHE": str(tmp_path / "cache"),
-        "JAXRNN_CPU_ISA": cpu.isa()[0],
-    }
-    code = (
-        "import jax.numpy as jnp, numpy as np\n"
-        "from jaxrnn.kernels import cpu\n"
-        "assert cpu.unavailable_reason() is None, cpu.unavailable_reason()\n"
-        "x, h = jnp.ones((3, 2, 4)), jnp.zeros((2, 16))\n"
-        "out, _ = cpu.forward('rnn_tanh', x, jnp.ones((16, 4)) * 0.1, jnp.eye(16), None, None, (h,), "
-        "jnp.ones((3, 2)), reverse=False)\n"
-        "print(float(out[-1, 0, 0]))\n"
-    )
-    command = [sys.executable, "-c", code]
-    procs = [subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, text=True) for _ in range(3)]
-    outputs = [p.communicate()[0].strip() for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0]
-    assert len(set(outputs)) == 1 and float(outputs[0]) > 0
-    assert log.read_text().count("build") == 1
-    (library,) = (tmp_path / "cache").glob("*.so")
-    library.write_bytes(b"not a shared library")
-    run = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == outputs[0]
-    assert log.read_text().count("build") == 2
-
-
-# Targets the kernel's one source must compile for, beyond the builds this machine runs: name -> (compiler,
-# extra flags, ELF machine number of the object). The AVX-512 build is checked here even on CPUs without
-# AVX-512 (which cannot run it); aarch64 (NEON, the generic layer's 32-register tiles) with a cross compiler.
-COMPILE_TARGETS = {
-    "avx512": (cpu.compiler(), ["-march=skylake-avx512"], 62),  # EM_X86_64
-    "aarch64": ("aarch64-linux-gnu-g++", [], 183),  # EM_AARCH64; Debian: apt install g++-aarch64-linux-gnu
-}
-
-
-@pytest.mark.parametrize("target", COMPILE_TARGETS)
-def test_kernel_source_compiles_for(target, tmp_path):
-    """The source compiles (unoptimised, to keep this quick) for AVX-512 and for aarch64, with the flags of
-    the real build, to an object of that architecture that defines every handler XLA looks up."""
-    import shutil
-
-    compiler, flags, machine = COMPILE_TARGETS[target]
-    if shutil.which(compiler) is None:
-        pytest.skip(f"no {compiler} here")
-    if target == "avx512" and not cpu._x86():
-        pytest.skip("the AVX-512 build is x86-64 only")
-    build_flags = [f for f in cpu.FLAGS if f not in ("-O3", "-shared")]
-    obj = tmp_path / f"recurrence_cpu-{target}.o"
-    command = [compiler, "-O0", "-c", *build_flags, *flags, "-isystem", jax.ffi.include_dir(), "-o", str(obj)]
-    run = subprocess.run([*command, str(cpu.SOURCE)], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-4000:]
-    data = obj.read_bytes()
-    assert data[:4] == b"\x7fELF" and int.from_bytes(data[18:20], "little") == machine
-    missing = [t for t in cpu.TARGETS if t.encode() not in data]
-    assert not missing, f"{target} object lacks {missing}"
 
 
 def test_isa_environment_names_the_switches_of_both_frameworks():
