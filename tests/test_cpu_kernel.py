@@ -4,7 +4,6 @@ Parity with torch (outputs, final states, gradients, lengths, both directions)
 is in tests/test_parity.py::test_parity_cpu_kernel.
 """
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -104,6 +104,25 @@ def test_no_library_and_no_compiler_warns_once_and_runs_the_xla_loop(tmp_path):
     assert "apt install g++" in message and "a jaxrnn wheel built for this platform" in message
 
 
+def test_auto_loads_nothing_for_the_generic_build(tmp_path):
+    """Where the build is ``generic`` (no AVX2, aarch64, macOS arm64), ``cpu_kernel="auto"`` runs the XLA loop
+    without loading or compiling that build: no library and no compiler then cost nothing, not even a warning."""
+    code = without_packaged_libraries(tmp_path) + (
+        "import warnings; warnings.simplefilter('error')\n"
+        "import jax, jax.numpy as jnp, jaxrnn\n"
+        "from jaxrnn import backend\n"
+        "m = jaxrnn.GRU(3, 8); x = jnp.ones((4, 2, 3))\n"
+        "m.apply(m.init(jax.random.key(0), x), x)\n"
+        "print(backend.choose('gru').reason)\n"
+        "print(cpu._load.cache_info().currsize)\n"
+    )
+    run = run_python(code, {"CXX": "no-such-compiler", "JAXRNN_CPU_ISA": "generic"})
+    assert run.returncode == 0, run.stderr
+    reason, loaded = run.stdout.split()[:-1], run.stdout.split()[-1]
+    assert " ".join(reason) == "the kernel's generic build is slower than the XLA loop (cpu_kernel='always' runs it)"
+    assert loaded == "0"
+
+
 def test_cache_key_covers_the_compiler_version(tmp_path):
     code = "from jaxrnn.kernels import cpu; print(cpu.cached_library('generic').name)"
     names = [run_python(code, {"CXX": fake_compiler(tmp_path, f"cc{v}", f"fake c++ {v}")}) for v in (1, 2)]
