@@ -38,9 +38,11 @@ build.compile_library(cxx, "generic", jax.ffi.include_dir(), library, "aarch64")
 print(f"cross-compiled {library.name}")
 EOF
 echo "cross-compile: $(( $(date +%s) - start )) s"
-# The selection: every kernel-vs-loop test that needs no torch (the torch comparisons run on x86-64).
-selection="non_finite_and_extreme or nan_in_initial_state or nan_in_padding or hidden_sizes or batch_sizes"
-selection+=" or kernel_equals_xla_loop or row_tile_remainders or gradient_of_part"
+# The selection: the kernel-vs-loop tests of edge inputs (NaN, Inf, huge, tiny, mixed; NaN in the initial state, the
+# weights and the padding) and of every tile remainder, for all four cells: 38 tests, 28 s or more each under emulation
+# here. Other kernel-vs-loop tests: pass -k (the last -k wins), e.g. -k "hidden_sizes or batch_sizes".
+selection="non_finite_and_extreme or nan_in_initial_state or nan_in_padding or batch_17_over_19"
+selection+=" or row_tile_remainders"
 start=$(date +%s)
 cd "$work/pkg"
 # CXX names no compiler: the emulated process must find the cross-compiled library, never build one
