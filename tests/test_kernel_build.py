@@ -179,6 +179,17 @@ def test_the_install_built_every_build_this_machine_has():
     assert cpu.library_path(cpu.isa()[0]) == cpu.packaged_library(cpu.isa()[0])
 
 
+def test_one_version_source():
+    """pyproject.toml holds the version; jaxrnn.__version__ reads it back from the installed package."""
+    import tomllib
+
+    import jaxrnn
+
+    version = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["version"]
+    assert jaxrnn.__version__ == version
+    assert f'"{version}"' not in (PROJECT / "jaxrnn" / "__init__.py").read_text(), "a second copy of the version"
+
+
 def copy_package(destination: pathlib.Path) -> pathlib.Path:
     """This installation's ``jaxrnn`` package (with its built libraries), copied under ``destination``."""
     shutil.copytree(PROJECT / "jaxrnn", destination / "jaxrnn", ignore=shutil.ignore_patterns("__pycache__"))
