@@ -26,12 +26,13 @@ from interop.formats import CheckpointError
 from interop.keys import cell_keys
 from interop.modules import from_torch, to_torch
 from interop.parity import find_recurrent_layers, max_abs_diffs, torch_forward
-from interop.state_dict import StateDictError, load_state_dict, to_state_dict
+from interop.state_dict import NarrowingWarning, StateDictError, load_state_dict, to_state_dict
 
 __all__ = [
     "Checkpoint",
     "CheckpointError",
     "cell_keys",
+    "NarrowingWarning",
     "StateDictError",
     "find_recurrent_layers",
     "from_torch",

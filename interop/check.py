@@ -5,7 +5,9 @@ under ``--prefix``), loads it into torch and into jaxrnn, runs both on the
 same random input with and without ``seq_lengths``, prints the largest
 absolute difference of outputs and states. Exit status: 0 every difference
 within ``--atol``; 1 some difference exceeds it; 2 the checkpoint cannot be
-read, or holds no recurrent layer (a message, no traceback).
+read, holds no recurrent layer, or a layer cannot be run (a message, never a
+traceback). float64 weights are checked in float64: the command turns on JAX's
+64-bit mode for them.
 """
 
 from __future__ import annotations
@@ -32,8 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--atol", type=float, default=1e-4, help="largest absolute difference allowed")
     args = parser.parse_args(argv)
 
-    import torch
-
     try:
         checkpoint = read_checkpoint(args.checkpoint, key=args.key)
     except (FileNotFoundError, CheckpointError) as e:
@@ -49,6 +49,24 @@ def main(argv: list[str] | None = None) -> int:
         where = f" under prefix {args.prefix!r}" if args.prefix is not None else ""
         print(f"{args.checkpoint}: no RNN/LSTM/GRU weights found{where}.", file=sys.stderr)
         return 2
+
+    if any(str(v.dtype) in ("float64", "torch.float64") for v in state_dict.values()):
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            jax.config.update("jax_enable_x64", True)
+            print("float64 weights: JAX's 64-bit mode is on for this check")
+    try:
+        return _check_layers(args, state_dict, layers)
+    except Exception as e:  # noqa: BLE001 (exit 2 with a message, never a traceback: 1 means "numbers differ")
+        print(f"error: cannot check {args.checkpoint}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
+def _check_layers(args: argparse.Namespace, state_dict: dict, layers: dict) -> int:
+    """Runs each layer in torch and jaxrnn and prints the differences; the exit status (0, 1, or 2 for weights
+    that do not make a torch layer)."""
+    import torch
 
     worst = 0.0
     for prefix, (kind, config) in layers.items():

@@ -18,6 +18,7 @@ is installed, but torch is never imported here.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -144,6 +145,11 @@ def load_state_dict(
       module declares (``param_dtype``). NNX: the module itself, its
       ``nnx.Param``s replaced (each in its own dtype).
 
+    Warns:
+      NarrowingWarning: once, when weights are rounded to a narrower dtype
+        (a float64 checkpoint into float32 parameters), naming the keys and
+        the ``param_dtype=`` that keeps them.
+
     Raises:
       StateDictError: listing every missing, unexpected and misshapen key
         (misshapen with expected vs got shape, in torch's layout), with a
@@ -190,7 +196,7 @@ def _match(
 
     state_dict, _ = strip_wrapper(state_dict, lambda sd: all(source(k, sd) is not None for k in wanted))
     flat: dict[tuple, Any] = {}
-    missing, mismatched, used = [], [], set()
+    missing, mismatched, used, narrowed = [], [], set(), []
     for path, abstract in expected.items():
         key, transposed = keys[path]
         want = tuple(reversed(abstract.shape)) if transposed else tuple(abstract.shape)
@@ -203,6 +209,8 @@ def _match(
         if tuple(value.shape) != want:
             mismatched.append((found, want, tuple(value.shape)))
             continue
+        if _narrower(abstract.dtype, value.dtype):
+            narrowed.append((found, value.dtype, jnp.dtype(abstract.dtype)))
         flat[path] = jnp.asarray(value.T if transposed else value, dtype=abstract.dtype)
     # Keys outside the prefix belong to other parts of a bigger checkpoint: not unexpected.
     unexpected = [k for k in state_dict if k.startswith(prefix) and k not in used] if strict else []
@@ -213,7 +221,38 @@ def _match(
             if under is not None:
                 hint = f"every expected key is in the state_dict under {under!r}: pass prefix={under + prefix!r}."
         raise StateDictError(target, missing, unexpected, mismatched, hint)
+    if narrowed:
+        _warn_narrowing(target, narrowed)
     return flat
+
+
+class NarrowingWarning(UserWarning):
+    """Weights loaded into parameters of a narrower dtype (e.g. a float64 checkpoint into float32 parameters)."""
+
+
+def _narrower(dtype: Any, than: Any) -> bool:
+    """Whether floating ``dtype`` holds fewer bits than floating ``than`` (so ``than``'s values get rounded)."""
+    dtype, than = jnp.dtype(dtype), jnp.dtype(than)
+    floating = jnp.issubdtype(dtype, jnp.floating) and jnp.issubdtype(than, jnp.floating)
+    return floating and jnp.finfo(dtype).bits < jnp.finfo(than).bits
+
+
+def _warn_narrowing(target: str, narrowed: list[tuple[str, Any, Any]]) -> None:
+    """One warning for a load that rounded weights: which keys, from what to what, and the ``param_dtype=`` that
+    keeps them."""
+    keys = ", ".join(key for key, _, _ in narrowed[:8])
+    keys += f" and {len(narrowed) - 8} more" if len(narrowed) > 8 else ""
+    wider = max((jnp.dtype(d) for _, d, _ in narrowed), key=lambda d: jnp.finfo(d).bits)
+    into = sorted({jnp.dtype(d).name for _, _, d in narrowed})
+    keep = f"build {target} with param_dtype=jnp.{wider.name}"
+    if wider.itemsize == 8 and not jax.config.jax_enable_x64:
+        keep += " after jax.config.update('jax_enable_x64', True) (JAX's 64-bit mode is off)"
+    warnings.warn(
+        f"load_state_dict: {len(narrowed)} weights of the state_dict are {wider.name} but {target}'s parameters are "
+        f"{' and '.join(into)}, so they were rounded: {keys}. To keep them, {keep}.",
+        NarrowingWarning,
+        stacklevel=4,
+    )
 
 
 def to_state_dict(

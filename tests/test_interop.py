@@ -1,7 +1,9 @@
 """The torch bridge: conversion both ways, whole-model state_dicts, checkpoint files, the check command."""
 
+import re
 import subprocess
 import sys
+import warnings
 
 import flax.linen as nn
 import jax
@@ -222,3 +224,57 @@ def test_check_command_runs_as_a_module(tmp_path):
 def test_jaxrnn_never_imports_torch():
     code = "import sys, jaxrnn; assert 'torch' not in sys.modules, 'jaxrnn imported torch'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class TimeSequenceModel(torch.nn.Module):
+    """The parameters of pytorch/examples time_sequence_prediction's ``Sequence`` (two LSTMCells and a Linear),
+    which that example trains in float64."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm1 = torch.nn.LSTMCell(1, 51)
+        self.lstm2 = torch.nn.LSTMCell(51, 51)
+        self.linear = torch.nn.Linear(51, 1)
+
+
+def test_check_and_convert_handle_float64_files(tmp_path):
+    """interop.check turns JAX's 64-bit mode on for a float64 checkpoint and checks it in float64 (in a subprocess:
+    the mode is process-wide); interop.convert keeps float64."""
+    torch.manual_seed(0)
+    torch.save(TimeSequenceModel().double().state_dict(), tmp_path / "seq_model.pt")
+    command = [sys.executable, "-m", "interop.check", str(tmp_path / "seq_model.pt"), "--atol", "1e-12"]
+    run = subprocess.run(command, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "JAX's 64-bit mode is on for this check" in run.stdout
+    assert "lstm1.: torch.nn.LSTMCell(input_size=1, hidden_size=51" in run.stdout and "lstm2.:" in run.stdout
+    command = [sys.executable, "-m", "interop.convert", str(tmp_path / "seq_model.pt"), str(tmp_path / "out.msgpack")]
+    run = subprocess.run(command, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"lstm1\.weight_hh +\(204, 51\) +float64", run.stdout), run.stdout
+
+
+def test_check_command_exits_2_with_a_message_where_a_layer_cannot_run(tmp_path, capsys):
+    """A bfloat16 checkpoint reads but cannot be run through torch.as_tensor: a message and exit 2 (1 means the
+    numbers differ), no traceback."""
+    torch.save(torch.nn.LSTM(3, 4).to(torch.bfloat16).state_dict(), tmp_path / "bf16.pt")
+    assert check_main([str(tmp_path / "bf16.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot check {tmp_path / 'bf16.pt'}: TypeError: ") and "Traceback" not in err
+
+
+def test_loading_wider_weights_warns_once_naming_the_keys_and_param_dtype():
+    """A float64 state_dict into float32 parameters is rounded: one NarrowingWarning (linen and NNX) that names
+    the keys and the param_dtype= that keeps them. Same-dtype loads do not warn."""
+    from flax import nnx
+
+    state = torch.nn.LSTM(3, 4).double().state_dict()
+    pattern = r"4 weights of the state_dict are float64 but LSTM's parameters are float32, so they were rounded: "
+    pattern += r"weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0\. To keep them, build LSTM with param_dtype=jnp"
+    pattern += r"\.float64"
+    for module in (jaxrnn.LSTM(3, 4), jaxrnn.nnx.LSTM(3, 4, rngs=nnx.Rngs(0))):
+        with pytest.warns(interop.NarrowingWarning, match=pattern) as seen:
+            interop.load_state_dict(module, state)
+        assert len([w for w in seen if w.category is interop.NarrowingWarning]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", interop.NarrowingWarning)
+        interop.load_state_dict(jaxrnn.LSTM(3, 4), torch.nn.LSTM(3, 4).state_dict())
