@@ -144,3 +144,68 @@ class GRUCell(_Cell):
     @nn.compact
     def __call__(self, x: Array, hx: Array | None = None) -> Array:
         return self._call(x, None if hx is None else (hx,))[0]
+
+
+# -- Flax's cell convention --------------------------------------------------------------------------------------
+# flax.linen.RNN, nn.Bidirectional and the nn.scan idiom drive a cell as ``carry, y = cell(carry, x)`` with
+# ``cell.initialize_carry(rng, input_shape)`` and ``cell.num_feature_axes``. The Flax* cells below are jaxrnn's
+# torch-exact cells in that convention: the same parameters (torch's names, shapes and initialisation) and the
+# same step; only the call's order differs.
+
+
+class _FlaxConvention:
+    """What the Flax* cells add: ``initialize_carry`` and ``num_feature_axes``, as ``flax.linen.RNNCellBase``."""
+
+    num_feature_axes: ClassVar[int] = 1  # one feature axis: inputs are (*batch, H_in)
+
+    def _carry_shapes(self, input_shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+        batch = tuple(input_shape[:-1])
+        return ((*batch, self.hidden_size),)
+
+    def initialize_carry(self, rng: Any, input_shape: tuple[int, ...]) -> Any:
+        """Zeros, as torch's default initial state: ``(*batch, H)``; for LSTM ``(h, c)``. ``input_shape`` is one
+        step's input shape, ``(*batch, H_in)``; ``rng`` is unused (Flax's signature)."""
+        del rng
+        zeros = tuple(jnp.zeros(shape, self.param_dtype) for shape in self._carry_shapes(input_shape))
+        return zeros if isinstance(self, LSTMCell) else zeros[0]
+
+
+class FlaxRNNCell(_FlaxConvention, RNNCell):
+    """:class:`RNNCell` in Flax's cell convention, for ``flax.linen.RNN``, ``nn.Bidirectional`` and ``nn.scan``.
+
+    ``h, y = cell(h, x)`` with ``x`` ``(N, H_in)`` and ``h = y`` ``(N, H)``; e.g.
+    ``nn.RNN(jaxrnn.FlaxRNNCell(4, 8))(x)`` with ``x`` ``(N, L, H_in)`` gives ``(N, L, H)``, equal to
+    :class:`jaxrnn.RNN`'s output with the same weights (which stays the faster layer: it projects every step's
+    input in one matmul and can run the CPU kernel).
+    """
+
+    @nn.compact
+    def __call__(self, carry: Array, x: Array) -> tuple[Array, Array]:  # type: ignore[override]
+        h = self._call(x, (carry,))[0]
+        return h, h
+
+
+class FlaxLSTMCell(_FlaxConvention, LSTMCell):
+    """:class:`LSTMCell` in Flax's cell convention: ``(h, c), y = cell((h, c), x)`` with ``y = h``.
+
+    The carry is in torch's order ``(h, c)`` (Flax's own ``nn.LSTMCell`` keeps ``(c, h)``): ``h`` ``(N, P)`` with
+    ``proj_size = P``, else ``(N, H)``; ``c`` ``(N, H)``.
+    """
+
+    def _carry_shapes(self, input_shape: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+        batch = tuple(input_shape[:-1])
+        return (*batch, self.proj_size or self.hidden_size), (*batch, self.hidden_size)
+
+    @nn.compact
+    def __call__(self, carry: tuple[Array, Array], x: Array) -> tuple[tuple[Array, Array], Array]:  # type: ignore[override]
+        h, c = self._call(x, tuple(carry))
+        return (h, c), h
+
+
+class FlaxGRUCell(_FlaxConvention, GRUCell):
+    """:class:`GRUCell` in Flax's cell convention: ``h, y = cell(h, x)`` with ``y = h`` ``(N, H)``."""
+
+    @nn.compact
+    def __call__(self, carry: Array, x: Array) -> tuple[Array, Array]:  # type: ignore[override]
+        h = self._call(x, (carry,))[0]
+        return h, h

@@ -39,7 +39,7 @@ from jaxrnn.params import Stack, check_cell_args, check_layer_args, init_arrays,
 
 Array = jax.Array
 
-__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell"]
+__all__ = ["GRU", "GRUCell", "FlaxGRUCell", "FlaxLSTMCell", "FlaxRNNCell", "LSTM", "LSTMCell", "RNN", "RNNCell"]
 
 
 def _dropout_key(rngs: Any, owner: str) -> Array:
@@ -395,3 +395,53 @@ class GRUCell(_Cell):
 
     def __call__(self, x: Array, hx: Array | None = None) -> Array:
         return self._step(x, None if hx is None else (hx,))[0]
+
+
+# -- Flax's cell convention: for nnx.RNN (see jaxrnn.cells' Flax* cells for linen) ------------------------------
+
+
+class _FlaxConvention:
+    """What the Flax* cells add: ``initialize_carry`` and ``num_feature_axes``, as ``flax.nnx.RNNCellBase``."""
+
+    num_feature_axes: ClassVar[int] = 1  # one feature axis: inputs are (*batch, H_in)
+
+    def initialize_carry(self, input_shape: tuple[int, ...], rngs: Any = None, carry_init: Any = None) -> Any:
+        """Zeros, as torch's default initial state: ``(*batch, H)``; for LSTM ``(h, c)``. ``input_shape`` is one
+        step's input shape, ``(*batch, H_in)``; ``rngs`` and ``carry_init`` are Flax's arguments (a
+        ``carry_init`` initializer replaces the zeros)."""
+        shape = (*input_shape[:-1], self.hidden_size)
+        init = carry_init or (lambda key, shape, dtype: jnp.zeros(shape, dtype))
+        key = None if carry_init is None else (rngs.carry() if isinstance(rngs, nnx.Rngs) else rngs())
+        if isinstance(self, LSTMCell):
+            keys = (None, None) if key is None else tuple(jax.random.split(key))
+            return tuple(init(k, shape, self.param_dtype) for k in keys)
+        return init(key, shape, self.param_dtype)
+
+
+class FlaxRNNCell(_FlaxConvention, RNNCell):
+    """:class:`RNNCell` in Flax's cell convention, for ``nnx.RNN``: ``h, y = cell(h, x)`` with ``y = h`` ``(N, H)``.
+
+    ``nnx.RNN(jaxrnn.nnx.FlaxRNNCell(4, 8, rngs=rngs))(x)`` with ``x`` ``(N, L, H_in)`` gives ``(N, L, H)``, equal to
+    :class:`RNN`'s output with the same weights (which stays the faster layer).
+    """
+
+    def __call__(self, carry: Array, x: Array) -> tuple[Array, Array]:  # type: ignore[override]
+        h = self._step(x, (carry,))[0]
+        return h, h
+
+
+class FlaxLSTMCell(_FlaxConvention, LSTMCell):
+    """:class:`LSTMCell` in Flax's cell convention: ``(h, c), y = cell((h, c), x)`` with ``y = h``; the carry in
+    torch's order ``(h, c)`` (Flax's own ``nnx.LSTMCell`` keeps ``(c, h)``), each ``(N, H)``."""
+
+    def __call__(self, carry: tuple[Array, Array], x: Array) -> tuple[tuple[Array, Array], Array]:  # type: ignore[override]
+        h, c = self._step(x, tuple(carry))
+        return (h, c), h
+
+
+class FlaxGRUCell(_FlaxConvention, GRUCell):
+    """:class:`GRUCell` in Flax's cell convention: ``h, y = cell(h, x)`` with ``y = h`` ``(N, H)``."""
+
+    def __call__(self, carry: Array, x: Array) -> tuple[Array, Array]:  # type: ignore[override]
+        h = self._step(x, (carry,))[0]
+        return h, h
