@@ -15,7 +15,7 @@ Flax NNX: ``jaxrnn.nnx.LSTM(4, 8, 2, batch_first=True, rngs=nnx.Rngs(0))`` (:mod
 import importlib.metadata
 
 from jaxrnn import functional
-from jaxrnn.cells import GRUCell, LSTMCell, RNNCell
+from jaxrnn.cells import FlaxGRUCell, FlaxLSTMCell, FlaxRNNCell, GRUCell, LSTMCell, RNNCell
 from jaxrnn.data import Vocab, bptt_batches, contiguous_streams, num_bptt_batches, sliding_windows
 from jaxrnn.generate import generate
 from jaxrnn.inspect import step_states
@@ -42,6 +42,9 @@ from jaxrnn.train import (
 __all__ = [
     "GRU",
     "GRUCell",
+    "FlaxGRUCell",
+    "FlaxLSTMCell",
+    "FlaxRNNCell",
     "LSTM",
     "LSTMCell",
     "RNN",
@@ -81,6 +84,18 @@ __all__ = [
     "perplexity",
     "train_update",
 ]
+
+
+def __getattr__(name: str):
+    """``jaxrnn.nnx`` after a plain ``import jaxrnn``: imported on first use, since Flax NNX takes about a second to
+    import and linen users never need it."""
+    if name == "nnx":
+        import jaxrnn.nnx
+
+        return jaxrnn.nnx
+    raise AttributeError(f"module 'jaxrnn' has no attribute {name!r}")
+
+
 try:  # the one version source is pyproject.toml, read back from the installed package's metadata
     __version__ = importlib.metadata.version("jaxrnn")
 except importlib.metadata.PackageNotFoundError:  # imported from a source tree that was never installed

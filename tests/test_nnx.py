@@ -6,6 +6,9 @@ torch's constructors and names, dropout by ``nnx.Rngs`` and ``train()``/
 ``eval()``, the NNX transforms, saving and restoring, and the bridge.
 """
 
+import subprocess
+import sys
+
 import flax.serialization
 import jax
 import jax.numpy as jnp
@@ -316,3 +319,17 @@ def test_from_torch_in_every_api(make):
         interop.to_torch(nnx_module, variables)
     with pytest.raises(ValueError, match="api must be one of"):
         interop.from_torch(original, api="haiku")
+
+
+def test_nnx_is_reachable_after_import_jaxrnn():
+    """``jaxrnn.nnx`` after a plain ``import jaxrnn`` (imported on first use: Flax NNX is not loaded before)."""
+    code = (
+        "import sys, jaxrnn\n"
+        "assert 'jaxrnn.nnx' not in sys.modules\n"
+        "from flax import nnx\n"
+        "print(type(jaxrnn.nnx.GRU(3, 4, rngs=nnx.Rngs(0))).__qualname__)\n"
+        "try:\n    jaxrnn.no_such_name\nexcept AttributeError as e:\n    print(e)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["GRU", "module 'jaxrnn' has no attribute 'no_such_name'"]
