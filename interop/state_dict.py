@@ -240,6 +240,7 @@ def _narrower(dtype: Any, than: Any) -> bool:
 def _warn_narrowing(target: str, narrowed: list[tuple[str, Any, Any]]) -> None:
     """One warning for a load that rounded weights: which keys, from what to what, and the ``param_dtype=`` that
     keeps them."""
+    narrowed = sorted(narrowed, key=lambda item: item[0])  # the same message whatever order the module lists them
     keys = ", ".join(key for key, _, _ in narrowed[:8])
     keys += f" and {len(narrowed) - 8} more" if len(narrowed) > 8 else ""
     wider = max((jnp.dtype(d) for _, d, _ in narrowed), key=lambda d: jnp.finfo(d).bits)

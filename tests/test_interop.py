@@ -269,7 +269,7 @@ def test_loading_wider_weights_warns_once_naming_the_keys_and_param_dtype():
 
     state = torch.nn.LSTM(3, 4).double().state_dict()
     pattern = r"4 weights of the state_dict are float64 but LSTM's parameters are float32, so they were rounded: "
-    pattern += r"weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0\. To keep them, build LSTM with param_dtype=jnp"
+    pattern += r"bias_hh_l0, bias_ih_l0, weight_hh_l0, weight_ih_l0\. To keep them, build LSTM with param_dtype=jnp"
     pattern += r"\.float64"
     for module in (jaxrnn.LSTM(3, 4), jaxrnn.nnx.LSTM(3, 4, rngs=nnx.Rngs(0))):
         with pytest.warns(interop.NarrowingWarning, match=pattern) as seen:
