@@ -169,6 +169,13 @@ class _FlaxConvention:
         zeros = tuple(jnp.zeros(shape, self.param_dtype) for shape in self._carry_shapes(input_shape))
         return zeros if isinstance(self, LSTMCell) else zeros[0]
 
+    def _flax_step(self, carry: Any, x: Array) -> tuple[Any, Array]:
+        """``carry, y = step(carry, x)`` over the torch-convention step: the carry is the state (LSTM ``(h, c)``),
+        ``y`` its ``h``."""
+        lstm = isinstance(self, LSTMCell)
+        state = self._call(x, tuple(carry) if lstm else (carry,))
+        return (tuple(state) if lstm else state[0]), state[0]
+
 
 class FlaxRNNCell(_FlaxConvention, RNNCell):
     """:class:`RNNCell` in Flax's cell convention, for ``flax.linen.RNN``, ``nn.Bidirectional`` and ``nn.scan``.
@@ -181,8 +188,7 @@ class FlaxRNNCell(_FlaxConvention, RNNCell):
 
     @nn.compact
     def __call__(self, carry: Array, x: Array) -> tuple[Array, Array]:  # type: ignore[override]
-        h = self._call(x, (carry,))[0]
-        return h, h
+        return self._flax_step(carry, x)
 
 
 class FlaxLSTMCell(_FlaxConvention, LSTMCell):
@@ -198,8 +204,7 @@ class FlaxLSTMCell(_FlaxConvention, LSTMCell):
 
     @nn.compact
     def __call__(self, carry: tuple[Array, Array], x: Array) -> tuple[tuple[Array, Array], Array]:  # type: ignore[override]
-        h, c = self._call(x, tuple(carry))
-        return (h, c), h
+        return self._flax_step(carry, x)
 
 
 class FlaxGRUCell(_FlaxConvention, GRUCell):
@@ -207,5 +212,4 @@ class FlaxGRUCell(_FlaxConvention, GRUCell):
 
     @nn.compact
     def __call__(self, carry: Array, x: Array) -> tuple[Array, Array]:  # type: ignore[override]
-        h = self._call(x, (carry,))[0]
-        return h, h
+        return self._flax_step(carry, x)

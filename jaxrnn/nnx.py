@@ -417,6 +417,13 @@ class _FlaxConvention:
             return tuple(init(k, shape, self.param_dtype) for k in keys)
         return init(key, shape, self.param_dtype)
 
+    def _flax_step(self, carry: Any, x: Array) -> tuple[Any, Array]:
+        """``carry, y = step(carry, x)`` over the torch-convention step: the carry is the state (LSTM ``(h, c)``),
+        ``y`` its ``h``."""
+        lstm = isinstance(self, LSTMCell)
+        state = self._step(x, tuple(carry) if lstm else (carry,))
+        return (tuple(state) if lstm else state[0]), state[0]
+
 
 class FlaxRNNCell(_FlaxConvention, RNNCell):
     """:class:`RNNCell` in Flax's cell convention, for ``nnx.RNN``: ``h, y = cell(h, x)`` with ``y = h`` ``(N, H)``.
@@ -426,8 +433,7 @@ class FlaxRNNCell(_FlaxConvention, RNNCell):
     """
 
     def __call__(self, carry: Array, x: Array) -> tuple[Array, Array]:  # type: ignore[override]
-        h = self._step(x, (carry,))[0]
-        return h, h
+        return self._flax_step(carry, x)
 
 
 class FlaxLSTMCell(_FlaxConvention, LSTMCell):
@@ -435,13 +441,11 @@ class FlaxLSTMCell(_FlaxConvention, LSTMCell):
     torch's order ``(h, c)`` (Flax's own ``nnx.LSTMCell`` keeps ``(c, h)``), each ``(N, H)``."""
 
     def __call__(self, carry: tuple[Array, Array], x: Array) -> tuple[tuple[Array, Array], Array]:  # type: ignore[override]
-        h, c = self._step(x, tuple(carry))
-        return (h, c), h
+        return self._flax_step(carry, x)
 
 
 class FlaxGRUCell(_FlaxConvention, GRUCell):
     """:class:`GRUCell` in Flax's cell convention: ``h, y = cell(h, x)`` with ``y = h`` ``(N, H)``."""
 
     def __call__(self, carry: Array, x: Array) -> tuple[Array, Array]:  # type: ignore[override]
-        h = self._step(x, (carry,))[0]
-        return h, h
+        return self._flax_step(carry, x)
