@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -153,6 +154,13 @@ class GRUCell(_Cell):
 # same step; only the call's order differs.
 
 
+def flax_step(step: Callable[[State], State], carry: Any, *, lstm: bool) -> tuple[Any, Array]:
+    """Flax's ``carry, y = cell(carry, x)`` over a torch-convention step ``state -> state`` (``x`` bound in it): the
+    carry is the state (LSTM ``(h, c)``, else ``h``), ``y`` its ``h``. The linen and NNX Flax* cells both call it."""
+    state = step(tuple(carry) if lstm else (carry,))
+    return (tuple(state) if lstm else state[0]), state[0]
+
+
 class _FlaxConvention:
     """What the Flax* cells add: ``initialize_carry`` and ``num_feature_axes``, as ``flax.linen.RNNCellBase``."""
 
@@ -170,11 +178,7 @@ class _FlaxConvention:
         return zeros if isinstance(self, LSTMCell) else zeros[0]
 
     def _flax_step(self, carry: Any, x: Array) -> tuple[Any, Array]:
-        """``carry, y = step(carry, x)`` over the torch-convention step: the carry is the state (LSTM ``(h, c)``),
-        ``y`` its ``h``."""
-        lstm = isinstance(self, LSTMCell)
-        state = self._call(x, tuple(carry) if lstm else (carry,))
-        return (tuple(state) if lstm else state[0]), state[0]
+        return flax_step(lambda state: self._call(x, state), carry, lstm=isinstance(self, LSTMCell))
 
 
 class FlaxRNNCell(_FlaxConvention, RNNCell):

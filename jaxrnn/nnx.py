@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrnn import functional
+from jaxrnn.cells import flax_step
 from jaxrnn.equations import NUM_GATES, kind_of
 from jaxrnn.params import Stack, check_cell_args, check_layer_args, init_arrays, layer_shapes
 
@@ -418,11 +419,7 @@ class _FlaxConvention:
         return init(key, shape, self.param_dtype)
 
     def _flax_step(self, carry: Any, x: Array) -> tuple[Any, Array]:
-        """``carry, y = step(carry, x)`` over the torch-convention step: the carry is the state (LSTM ``(h, c)``),
-        ``y`` its ``h``."""
-        lstm = isinstance(self, LSTMCell)
-        state = self._step(x, tuple(carry) if lstm else (carry,))
-        return (tuple(state) if lstm else state[0]), state[0]
+        return flax_step(lambda state: self._step(x, state), carry, lstm=isinstance(self, LSTMCell))
 
 
 class FlaxRNNCell(_FlaxConvention, RNNCell):
