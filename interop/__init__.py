@@ -4,6 +4,9 @@
   (or cell) to jaxrnn and back, bit for bit.
 * :func:`load_state_dict` / :func:`to_state_dict`: whole models (jaxrnn layers,
   ``nn.Dense`` <-> ``nn.Linear``, ``nn.Embed`` <-> ``nn.Embedding``) by key.
+* :func:`load_state_dict` / :func:`to_state_dict` also move torch's weights into
+  Flax's own ``nn.LSTMCell``/``OptimizedLSTMCell``/``GRUCell``/``SimpleCell``
+  (linen and NNX) and back (:mod:`interop.flax_cells`).
 * :func:`load_state_dict` / :func:`to_state_dict` also map keys: ``rename=``,
   tied weights (``tied=``), wrapper prefixes (``module.``, ``model.``) and
   ``nn.LSTMCell`` keys into one-layer layers (:mod:`interop.keys`).

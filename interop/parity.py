@@ -135,3 +135,131 @@ def find_recurrent_layers(state_dict: Mapping[str, Any]) -> dict[str, tuple[str,
                 config["proj_size"] = int(np.shape(state_dict[w_hr])[0])
         found[prefix] = (kind if stacked else kind + "Cell", config)
     return found
+
+
+# Flax-convention cells whose weights interop moves to and from a torch layer: Flax's own (torch's weights in
+# Flax's layout) and jaxrnn's Flax* cells (torch's weights and names, Flax's call convention).
+FLAX_CELLS = {
+    "LSTM": ("LSTMCell", "OptimizedLSTMCell", "jaxrnn.FlaxLSTMCell"),
+    "GRU": ("GRUCell", "jaxrnn.FlaxGRUCell"),
+    "RNN": ("SimpleCell", "jaxrnn.FlaxRNNCell"),
+}
+
+
+def flax_cell_diffs(
+    layer: Any, cell: str, api: str = "linen", *, batch: int = 3, seq_len: int = 7, seed: int = 0
+) -> dict[str, float]:
+    """Largest absolute differences between a bidirectional torch layer and its weights in Flax's wrappers.
+
+    ``layer`` is a one-layer bidirectional ``torch.nn.LSTM``/``GRU``/``RNN``
+    (``batch_first=True``, any float dtype); ``cell`` one of
+    :data:`FLAX_CELLS` (Flax's ``'LSTMCell'``, ``'OptimizedLSTMCell'``,
+    ``'GRUCell'``, ``'SimpleCell'``, or jaxrnn's ``'jaxrnn.FlaxLSTMCell'``...).
+    The weights go through :func:`interop.load_state_dict` into
+    ``nn.Bidirectional(nn.RNN(cell), nn.RNN(cell))`` (``api='linen'``) or
+    the ``nnx`` one; both run from zero states on random inputs with random
+    ``seq_lengths`` (one of them ``seq_len``) against torch's packed run.
+
+    Returns ``{'output (forward)', 'output (backward)', 'h_n (forward)', ...,
+    ['c_n (...)',] 'exported output'}``: outputs on the valid steps only
+    (Flax leaves its own values in padded steps), and torch's output again
+    after :func:`interop.to_state_dict` loaded into a fresh torch layer with
+    ``strict=True``.
+    """
+    import torch
+
+    from interop.state_dict import load_state_dict, to_state_dict
+
+    kind = type(layer).__name__
+    if kind not in FLAX_CELLS or cell not in FLAX_CELLS[kind]:
+        raise ValueError(
+            f"flax_cell_diffs: cell must be one of {FLAX_CELLS.get(kind)} for torch's {kind}, got {cell!r}"
+        )
+    if not (layer.bidirectional and layer.num_layers == 1 and layer.batch_first):
+        raise ValueError("flax_cell_diffs: expected a one-layer bidirectional torch layer with batch_first=True.")
+    dtype = next(layer.parameters()).dtype
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, seq_len, layer.input_size, generator=gen, dtype=dtype)
+    lengths = torch.randint(1, seq_len + 1, (batch,), generator=gen)
+    lengths[0] = seq_len
+    layer.eval()
+    with torch.no_grad():
+        want_out, want_state = torch_forward(layer, x, None, lengths)
+    want_out, want_states = want_out.numpy(), _flat(want_state)
+
+    model, rename, export_rename = _flax_bidirectional(layer, cell, api)
+    j_x, j_lengths = jnp.asarray(x.numpy()), jnp.asarray(lengths.numpy())
+    if api == "linen":
+        variables = load_state_dict(model, layer.state_dict(), j_x, rename=rename)
+        carry, out = model.apply(variables, j_x, seq_lengths=j_lengths, return_carry=True)
+        exported = to_state_dict(variables, rename=export_rename)
+    else:
+        load_state_dict(model, layer.state_dict(), rename=rename)
+        carry, out = model(j_x, seq_lengths=j_lengths, return_carry=True)
+        exported = to_state_dict(model, rename=export_rename)
+
+    valid = (np.arange(seq_len)[None, :] < lengths.numpy()[:, None])[..., None]
+    out = np.where(valid, np.asarray(out), 0)
+    H = layer.hidden_size
+    diffs = {}
+    for d, direction in enumerate(("forward", "backward")):
+        half = slice(d * H, (d + 1) * H)
+        diffs[f"output ({direction})"] = float(np.abs(out[..., half] - want_out[..., half]).max())
+        states = carry[d] if isinstance(carry[d], tuple) else (carry[d],)
+        if cell in ("LSTMCell", "OptimizedLSTMCell"):
+            states = states[::-1]  # Flax's own LSTM carry is (c, h); torch's and jaxrnn's (h, c)
+        for name, got, want in zip(("h_n", "c_n"), states, want_states):
+            diffs[f"{name} ({direction})"] = float(np.abs(np.asarray(got) - want[d]).max())
+
+    again = type(layer)(**_torch_config(layer), dtype=dtype)
+    again.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
+    with torch.no_grad():
+        again_out, _ = torch_forward(again.eval(), x, None, lengths)
+    diffs["exported output"] = float(np.abs(again_out.numpy() - want_out).max())
+    return diffs
+
+
+def _torch_config(layer: Any) -> dict[str, Any]:
+    config = {k: getattr(layer, k) for k in ("input_size", "hidden_size", "batch_first", "bidirectional")}
+    if type(layer).__name__ == "RNN":
+        config["nonlinearity"] = layer.nonlinearity
+    return config
+
+
+def _flax_bidirectional(layer: Any, cell: str, api: str) -> tuple[Any, Any, Any]:
+    """The Flax model for :func:`flax_cell_diffs`, and the ``rename=`` pair its cells need (jaxrnn's Flax* cells
+    keep torch's names under ``forward_rnn.cell.``; Flax's own are found by :mod:`interop.flax_cells`)."""
+    import flax.linen as nn
+    import jax
+    from flax import nnx
+
+    import jaxrnn
+    import jaxrnn.nnx
+
+    dtype = jnp.dtype(str(next(layer.parameters()).dtype).removeprefix("torch."))
+    relu = getattr(layer, "nonlinearity", "tanh") == "relu"
+    I, H = layer.input_size, layer.hidden_size
+
+    def make(seed: int) -> Any:
+        if cell.startswith("jaxrnn."):
+            extra = {"nonlinearity": "relu"} if relu else {}
+            if api == "linen":
+                return getattr(jaxrnn, cell[7:])(I, H, param_dtype=dtype, **extra)
+            return getattr(jaxrnn.nnx, cell[7:])(I, H, param_dtype=dtype, rngs=nnx.Rngs(seed), **extra)
+        extra = {"activation_fn": jax.nn.relu} if relu else {}
+        # dtype= too: nnx.SimpleCell computes in float32 unless told otherwise.
+        if api == "linen":
+            return getattr(nn, cell)(H, dtype=dtype, param_dtype=dtype, **extra)
+        return getattr(nnx, cell)(I, H, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(seed), **extra)
+
+    if api == "linen":
+        model = nn.Bidirectional(nn.RNN(make(0)), nn.RNN(make(1)))
+    else:
+        model = nnx.Bidirectional(nnx.RNN(make(0)), nnx.RNN(make(1)))
+    if not cell.startswith("jaxrnn."):
+        return model, None, None
+    pairs = {}
+    for name in layer.state_dict():
+        base, _, rest = name.partition("_l0")
+        pairs[name] = ("backward_rnn" if rest == "_reverse" else "forward_rnn") + ".cell." + base
+    return model, pairs, {v: k for k, v in pairs.items()}

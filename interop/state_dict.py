@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
+from interop import flax_cells
 from interop.arrays import to_numpy
 from interop.keys import Rename, cell_alias, prefix_hint, rename_keys, retie, strip_wrapper, untie
 from jaxrnn.cells import _Cell
@@ -38,7 +39,8 @@ _LEAF_RENAMES = {"kernel": ("weight", True), "embedding": ("weight", False), "sc
 
 
 class StateDictError(ValueError):
-    """A state_dict does not fit a module. ``missing``, ``unexpected`` and ``mismatched`` name the keys."""
+    """A state_dict does not fit a module. ``missing``, ``unexpected`` and ``mismatched`` name the keys; ``lost``
+    lists ``(key, why)`` for weights the module has no place for (e.g. ``b_hn`` in ``nnx.GRUCell``)."""
 
     def __init__(
         self,
@@ -47,8 +49,10 @@ class StateDictError(ValueError):
         unexpected: list[str],
         mismatched: list[tuple[str, tuple, tuple]],
         hint: str | None = None,
+        lost: list[tuple[str, str]] | None = None,
     ):
-        self.missing, self.unexpected, self.mismatched, self.hint = missing, unexpected, mismatched, hint
+        self.target, self.missing, self.unexpected, self.mismatched = target, missing, unexpected, mismatched
+        self.hint, self.lost = hint, lost or []
         lines = [f"Error(s) loading state_dict into {target}:"]
         if missing:
             lines.append(f"  missing keys ({len(missing)}): {', '.join(missing)}")
@@ -56,6 +60,8 @@ class StateDictError(ValueError):
             lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
         for key, expected, got in mismatched:
             lines.append(f"  shape mismatch for {key}: expected {expected}, got {got}")
+        for key, why in self.lost:
+            lines.append(f"  cannot hold {key}: {why}")
         if hint:
             lines.append(f"  hint: {hint}")
         super().__init__("\n".join(lines))
@@ -83,6 +89,11 @@ def _example_inputs(module: nn.Module, state_dict: Mapping[str, Any], prefix: st
 
 def abstract_params(module: nn.Module, *example_args: Any, **example_kwargs: Any) -> dict[tuple[str, ...], Any]:
     """Flat ``{path: ShapeDtypeStruct}`` of ``module``'s params, traced (no compute) on the example inputs."""
+    return _trace(module, example_args, example_kwargs)[0]
+
+
+def _trace(module: nn.Module, example_args: tuple, example_kwargs: dict) -> tuple[dict[tuple, Any], dict[tuple, Any]]:
+    """:func:`abstract_params`, and ``{path: module}`` of the Flax recurrent cells called while tracing."""
     # Arrays (and ShapeDtypeStructs) are traced abstractly; anything else (flags like
     # deterministic=True) stays a Python value the module can branch on.
     leaves, treedef = jax.tree.flatten((example_args, example_kwargs))
@@ -93,8 +104,16 @@ def abstract_params(module: nn.Module, *example_args: Any, **example_kwargs: Any
         args, kwargs = jax.tree.unflatten(treedef, [next(it) if a else leaf for leaf, a in zip(leaves, is_array)])
         return module.init(jax.random.key(0), *args, **kwargs)
 
-    variables = jax.eval_shape(init, *[leaf for leaf, a in zip(leaves, is_array) if a])
-    return traverse_util.flatten_dict(dict(variables.get("params", {})))
+    cells = {}
+
+    def record(call: Any, args: Any, kwargs: Any, context: Any) -> Any:
+        if isinstance(context.module, nn.RNNCellBase):
+            cells.setdefault(context.module.path, context.module)
+        return call(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        variables = jax.eval_shape(init, *[leaf for leaf, a in zip(leaves, is_array) if a])
+    return traverse_util.flatten_dict(dict(variables.get("params", {}))), cells
 
 
 def load_state_dict(
@@ -133,6 +152,15 @@ def load_state_dict(
         alias must equal the source (or stand in for it, when the file kept
         only the alias) and is then not an unexpected key under ``strict``.
 
+    Flax's own recurrent cells (``nn.LSTMCell``, ``nn.OptimizedLSTMCell``,
+    ``nn.GRUCell``, ``nn.SimpleCell`` and the NNX ones) stand for the torch
+    layer their ``nn.RNN``/``nnx.RNN`` is named after (``lstm`` ->
+    ``lstm.weight_ih_l0``; ``lstm_l1`` -> ``lstm.weight_ih_l1``;
+    ``nn.Bidirectional``'s ``backward_rnn`` -> ``_reverse``), their weights
+    converted to Flax's layout (see :mod:`interop.flax_cells`). Weights such
+    a cell cannot hold raise :class:`StateDictError` (``lost`` names them);
+    a cell whose activations are not torch's raises ValueError.
+
     Keys also fit without being asked when (a) every key carries one wrapper
     prefix (``module.`` from DataParallel/DDP, ``model.`` from Lightning,
     ``_orig_mod.`` from ``torch.compile``) and removing it, and no other,
@@ -163,7 +191,8 @@ def load_state_dict(
         if example_args or example_kwargs:
             raise TypeError(f"load_state_dict: {target} is an NNX module; it needs no example inputs.")
         variables = dict(nnx.to_flat_state(nnx.state(module, nnx.Param)))
-        flat = _match(target, {path: v[...] for path, v in variables.items()}, state_dict, prefix, strict)
+        expected = {path: v[...] for path, v in variables.items()}
+        flat = _match_flax(target, expected, dict(nnx.iter_graph(module)), state_dict, prefix, strict)
         for path, value in flat.items():
             variables[path][...] = value
         return module
@@ -174,8 +203,41 @@ def load_state_dict(
                 "so its parameter shapes can be traced; only lone jaxrnn layers and cells infer them."
             )
         example_args = _example_inputs(module, state_dict, prefix)
-    flat = _match(target, abstract_params(module, *example_args, **example_kwargs), state_dict, prefix, strict)
+    expected, modules = _trace(module, example_args, example_kwargs)
+    flat = _match_flax(target, expected, modules, state_dict, prefix, strict)
     return {"params": traverse_util.unflatten_dict(flat)}
+
+
+def _match_flax(
+    target: str,
+    expected: Mapping[tuple, Any],
+    modules: Mapping[tuple, Any],
+    state_dict: Mapping[str, Any],
+    prefix: str,
+    strict: bool,
+) -> dict[tuple, Any]:
+    """:func:`_match`, with Flax's own recurrent cells seen in torch's layout (:mod:`interop.flax_cells`);
+    ``modules`` (``{path: module}``) lets it check that each cell computes what torch's layer does."""
+    cells = flax_cells.find(expected)
+    flax_cells.check_functions(cells, modules)
+    if not cells:
+        return _match(target, expected, state_dict, prefix, strict)
+
+    def key_of(path: tuple) -> str:
+        return torch_key(path, prefix)[0]
+
+    try:
+        flat = _match(target, flax_cells.torch_view(expected, cells), state_dict, prefix, strict)
+    except StateDictError as error:
+        hints = ([error.hint] if error.hint else []) + flax_cells.hints(cells, error.missing, error.unexpected, key_of)
+        raise StateDictError(
+            target, error.missing, error.unexpected, error.mismatched, " ".join(hints) or None
+        ) from None
+    dtypes = {path: value.dtype for path, value in expected.items()}
+    flat, lost = flax_cells.from_torch(flat, cells, dtypes, key_of)
+    if lost:
+        raise StateDictError(target, [], [], [], lost=lost)
+    return flat
 
 
 def _match(
@@ -265,7 +327,9 @@ def to_state_dict(
 ) -> dict[str, np.ndarray]:
     """Flax linen ``variables``, or an NNX module -> torch-style ``{key: numpy array}``.
 
-    The inverse of :func:`load_state_dict`. Feed it to
+    The inverse of :func:`load_state_dict`, Flax's own recurrent cells included
+    (their weights in torch's layout; where a cell has one bias per gate,
+    ``bias_ih`` gets it and ``bias_hh`` is zero). Feed it to
     ``torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in ...})``.
     ``rename`` maps jaxrnn's keys to the torch model's (e.g.
     ``{'embed.': 'encoder.'}``, or :func:`interop.keys.cell_keys` for a
@@ -274,8 +338,10 @@ def to_state_dict(
     writes a shared weight under both names, as torch's strict
     ``load_state_dict`` of a tied model wants it.
     """
+    modules = {}
     if isinstance(variables, nnx.Module):
         params = {path: v[...] for path, v in nnx.to_flat_state(nnx.state(variables, nnx.Param))}
+        modules = dict(nnx.iter_graph(variables))
     elif not isinstance(variables, Mapping) or "params" not in variables:
         raise KeyError(
             "to_state_dict: expected Flax variables with a 'params' collection or an NNX module, got "
@@ -283,6 +349,9 @@ def to_state_dict(
         )
     else:
         params = traverse_util.flatten_dict(dict(variables["params"]))
+    cells = flax_cells.find(params)
+    flax_cells.check_functions(cells, modules)
+    params = flax_cells.to_torch(params, cells)
     return retie(rename_keys(_torch_arrays(params, prefix), rename), tied)
 
 

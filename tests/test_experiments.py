@@ -21,6 +21,7 @@ RUNS = [
     (["scratch_vs_library.py"], "the same numbers"),
     (["gradient_flow.py", "--smoke", "--out", "/tmp/jaxrnn-gradient-flow-smoke"], "dh_3/dh_1: jax.grad"),
     (["tbptt.py", "--out", "/tmp/jaxrnn-tbptt-smoke"], "gradient before step 18 is exactly zero: True"),
+    (["flax_parity.py", "--smoke", "--out", "/tmp/jaxrnn-flax-parity-smoke"], "every float64 row"),
     (["one_to_many.py", "--smoke", "--out", "/tmp/jaxrnn-one-to-many-smoke"], "exact match: held-out"),
     (
         ["seq2seq.py", "--smoke", "--out", "/tmp/jaxrnn-seq2seq-smoke"],
