@@ -148,8 +148,8 @@ class FlaxCell:
         return layer_shapes(self.layout.num_gates, self.input_size, self.hidden_size, bias=True, suffix=self.suffix)
 
     def describe(self) -> str:
-        where = "/".join(map(str, self.path)) or "the root"
-        return f"{self.layout.name} at {where!r}"
+        where = repr("/".join(map(str, self.path))) if self.path else "the root"
+        return f"{self.layout.name} at {where}"
 
 
 def find(params: Mapping[tuple, Any]) -> list[FlaxCell]:
