@@ -81,7 +81,7 @@ def _sniff_zip(path: str, size: int) -> str:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
+    except Exception:  # zipfile trips over a damaged directory in many ways (BadZipFile, OSError, ValueError, ...)
         raise CheckpointError(
             f"{path}: a zip archive (as torch.save writes) that is truncated or damaged: its {size} bytes end "
             "without the zip directory. The file was probably not copied or downloaded completely."

@@ -19,11 +19,17 @@ everything else stays an inert :class:`Unloaded`, reported by class name.
 from __future__ import annotations
 
 import io
+import os
+import pickle
+import sys
 import types
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
+
+from interop.formats import CheckpointError
+from interop.torch_zip import TorchZipReader
 
 _MODULE_FIELDS = frozenset({"_parameters", "_buffers", "_modules"})
 
@@ -108,34 +114,170 @@ def _unknown_globals(restricted: Any, names: set[str]) -> list[str]:
     return [n for n in names if n not in allowed]
 
 
-def load_zip_pickle(path: str, pickle_file: str = "data.pkl") -> Any:
-    """The object pickled as ``pickle_file`` in the torch zip archive at ``path``, tensors on the CPU.
+def load_zip_pickle(
+    path: str, pickle_file: str = "data.pkl", file: BinaryIO | None = None
+) -> tuple[Any, TorchZipReader]:
+    """The object pickled as ``pickle_file`` in the torch zip archive at ``path``, tensors on the CPU, and the
+    (closed) :class:`~interop.torch_zip.TorchZipReader` that read it: every record it read was checked against
+    its CRC-32, and its ``damaged`` names the tensor records that failed (read anyway, to be named). ``file``:
+    the archive's bytes, when they are not a file of their own (``path`` then only names them in messages).
 
     Raises ``pickle.UnpicklingError`` (from torch) if the pickle uses what even
     placeholders cannot stand in for: a global from ``os``/``sys``, or an
-    opcode torch's restricted unpickler does not implement.
+    opcode torch's restricted unpickler does not implement; CheckpointError
+    for a record that fails its CRC-32 or whose sizes do not add up.
     """
     serialization, restricted = _torch_loader()
-    with serialization._open_zipfile_reader(path) as archive:
+    with TorchZipReader(path, file) as archive:
         names = restricted.get_globals_in_pkl(io.BytesIO(archive.get_record(pickle_file)))
+        _check_torch_names(path, names)
         with serialization.safe_globals(placeholders(_unknown_globals(restricted, names))):
-            return serialization._load(
+            obj = serialization._load(
                 archive, "cpu", _pickle_module(restricted.Unpickler), pickle_file=pickle_file, encoding="utf-8"
             )
+    return obj, archive
+
+
+def _check_torch_names(path: str, names: set[str]) -> None:
+    """Refuses a pickle that names something torch does not have (a damaged name, e.g. ``torch.FloatSporage``):
+    each ``torch...`` global whose module is loaded must exist there. Nothing is imported."""
+    for name in sorted(names):
+        module, _, attr = name.rpartition(".")
+        loaded = sys.modules.get(module)
+        if module.split(".")[0] == "torch" and loaded is not None and not hasattr(loaded, attr):
+            raise CheckpointError(f"{path}: a damaged torch file: its pickle names {name}, which torch does not have.")
 
 
 def load_legacy(path: str) -> Any:
     """A legacy (non-zip) ``torch.save`` file, through ``torch.load(weights_only=True)`` with placeholders
-    (torch's own unpickler: a dict subclass in it cannot take items, and is an error)."""
+    (torch's own unpickler: a dict subclass in it cannot take items, and is an error).
+
+    The file's storages are measured first (:func:`check_legacy_sizes`), so a
+    storage larger than the file is refused before torch allocates it.
+    """
     import torch
 
     serialization, restricted = _torch_loader()
+    check_legacy_sizes(path)
     names: set[str] = set()
     with open(path, "rb") as f:  # a legacy file is several pickles in a row: magic, protocol, sys info, object
+        bounded = _Bounded(f, os.fstat(f.fileno()).st_size)
         for _ in range(4):
-            names |= restricted.get_globals_in_pkl(f)
+            names |= restricted.get_globals_in_pkl(bounded)
     with serialization.safe_globals(placeholders(_unknown_globals(restricted, names))):
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# Bytes per element of the storage classes a legacy file names.
+_ELEMENT_SIZES = {
+    "DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2, "LongStorage": 8,
+    "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1,
+    "ComplexDoubleStorage": 16, "ComplexFloatStorage": 8, "UntypedStorage": 1,
+}  # fmt: skip
+
+
+def check_legacy_sizes(path: str) -> None:
+    """Reads a legacy ``torch.save`` file's pickles without building anything and checks that every storage they
+    declare fits in the file, and that the storages' bytes that follow the pickles are all there.
+
+    Raises:
+      CheckpointError: a storage type that does not exist, a storage larger
+        than the file, or a storage section that ends early.
+    """
+    size = os.path.getsize(path)
+    storages: dict[Any, tuple[str, int]] = {}
+    with open(path, "rb") as f:
+        bounded = _Bounded(f, size)
+        try:
+            for _ in range(3):  # magic number, protocol, sys info
+                _DryUnpickler(bounded).load()
+            main = _DryUnpickler(bounded)
+            main.load()
+            keys = _DryUnpickler(bounded).load()
+        except CheckpointError:
+            raise
+        except Exception as e:  # a damaged pickle: whatever the unpickler trips on
+            raise CheckpointError(f"{path}: a damaged legacy torch file: its pickles cannot be read ({e!r}).") from None
+        for saved_id in main.saved_ids:
+            if not (isinstance(saved_id, tuple) and len(saved_id) == 6 and saved_id[0] in ("storage", b"storage")):
+                continue
+            _, storage_type, key, _, numel, _ = saved_id
+            kind = getattr(storage_type, "global_name", "?").rsplit(".", 1)[-1]
+            if kind not in _ELEMENT_SIZES or not isinstance(numel, int) or numel < 0:
+                raise CheckpointError(
+                    f"{path}: a damaged legacy torch file: it declares a storage of type {kind!r} with {numel!r} "
+                    "elements."
+                )
+            nbytes = numel * _ELEMENT_SIZES[kind]
+            if nbytes > size:
+                raise CheckpointError(
+                    f"{path}: a damaged legacy torch file: storage {key!r} declares {nbytes} bytes, more than the "
+                    f"whole file ({size} bytes); refused before allocating it."
+                )
+            storages[key] = (kind, nbytes)
+        if not isinstance(keys, list) or any(k not in storages for k in keys):
+            raise CheckpointError(
+                f"{path}: a damaged legacy torch file: its list of storages does not match its pickle."
+            )
+        offset = bounded.tell()
+        for key in keys:
+            kind, nbytes = storages[key]
+            f.seek(offset)
+            count = f.read(8)
+            end = offset + 8 + int.from_bytes(count, "little") * _ELEMENT_SIZES[kind]
+            if len(count) < 8 or int.from_bytes(count, "little") * _ELEMENT_SIZES[kind] != nbytes or end > size:
+                raise CheckpointError(
+                    f"{path}: a damaged legacy torch file: storage {key!r} should hold {nbytes} bytes at byte "
+                    f"{offset}, but the file {'ends first' if end > size or len(count) < 8 else 'says otherwise'}."
+                )
+            offset = end
+
+
+class _Bounded:
+    """A file's reads, never asking for more than is left in it (a pickle that declares a huge string then
+    fails for want of bytes instead of allocating them first)."""
+
+    def __init__(self, f: Any, size: int):
+        self._f, self._size = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(self._size - self._f.tell(), 0)
+        return self._f.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self._f.readline(limit)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def seek(self, *args: Any) -> int:
+        return self._f.seek(*args)
+
+
+class _Inert(Unloaded):
+    """A placeholder that also takes list items (a pickle may append to any object it built)."""
+
+    def append(self, item: Any) -> None:
+        pass
+
+    def extend(self, items: Any) -> None:
+        pass
+
+
+class _DryUnpickler(pickle.Unpickler):
+    """Python's unpickler with every global replaced by an inert placeholder and every persistent id recorded:
+    it builds nothing from the file, so it can measure a pickle no one trusts."""
+
+    def __init__(self, f: Any):
+        super().__init__(f, encoding="utf-8")
+        self.saved_ids: list[Any] = []
+
+    def find_class(self, module: str, name: str) -> type:
+        return type(name, (_Inert,), {"global_name": f"{module}.{name}"})
+
+    def persistent_load(self, saved_id: Any) -> Any:
+        self.saved_ids.append(saved_id)
+        return saved_id
 
 
 def is_module(obj: Any) -> bool:

@@ -300,7 +300,7 @@ def damaged_files(tmp_path):
     start = info.header_offset + 30 + len(info.filename) + len(info.extra)
     corrupt = bytearray(data)
     corrupt[start : start + info.file_size] = b"\x00" * info.file_size
-    files["corrupt.pt"] = (bytes(corrupt), r"damaged torch file: record .*data.pkl fails its CRC check")
+    files["corrupt.pt"] = (bytes(corrupt), r"damaged torch zip archive: record .*data.pkl fails its CRC-32 check")
     for name, (content, _) in files.items():
         (tmp_path / name).write_bytes(content)
     return {name: message for name, (_, message) in files.items()}
