@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     where = f", entry {checkpoint.entry!r}" if checkpoint.entry else ""
-    print(f"{args.input}: {FORMATS[checkpoint.format]}{where}")
+    print(f"{args.input}: {FORMATS[checkpoint.format]}{where}; checksums: {checkpoint.checksums}")
     width = max(len(k) for k in arrays) if arrays else 0
     for key, value in arrays.items():
         print(f"  {key:<{width}}  {str(tuple(value.shape)):<14} {value.dtype}")

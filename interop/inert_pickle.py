@@ -115,12 +115,13 @@ def _unknown_globals(restricted: Any, names: set[str]) -> list[str]:
 
 
 def load_zip_pickle(
-    path: str, pickle_file: str = "data.pkl", file: BinaryIO | None = None
+    path: str, pickle_file: str = "data.pkl", file: BinaryIO | None = None, *, verify: bool = True
 ) -> tuple[Any, TorchZipReader]:
     """The object pickled as ``pickle_file`` in the torch zip archive at ``path``, tensors on the CPU, and the
     (closed) :class:`~interop.torch_zip.TorchZipReader` that read it: every record it read was checked against
     its CRC-32, and its ``damaged`` names the tensor records that failed (read anyway, to be named). ``file``:
     the archive's bytes, when they are not a file of their own (``path`` then only names them in messages).
+    ``verify=False`` skips the CRC-32 comparison (to measure its cost; sizes are still checked).
 
     Raises ``pickle.UnpicklingError`` (from torch) if the pickle uses what even
     placeholders cannot stand in for: a global from ``os``/``sys``, or an
@@ -128,7 +129,7 @@ def load_zip_pickle(
     for a record that fails its CRC-32 or whose sizes do not add up.
     """
     serialization, restricted = _torch_loader()
-    with TorchZipReader(path, file) as archive:
+    with TorchZipReader(path, file, verify=verify) as archive:
         names = restricted.get_globals_in_pkl(io.BytesIO(archive.get_record(pickle_file)))
         _check_torch_names(path, names)
         with serialization.safe_globals(placeholders(_unknown_globals(restricted, names))):
