@@ -366,7 +366,7 @@ def test_hostile_sizes_are_refused_before_anything_is_allocated(tmp_path):
         interop.load_checkpoint(tmp_path / "tb.safetensors")
 
 
-def test_a_changed_tensor_byte_names_the_record_and_its_tensors(tmp_path):
+def test_a_changed_tensor_byte_names_the_record_and_its_tensors(tmp_path, capsys):
     torch.manual_seed(0)
     torch.save({"model": torch.nn.LSTM(2, 3).state_dict(), "epoch": 1}, tmp_path / "good.pt")
     data = bytearray((tmp_path / "good.pt").read_bytes())
@@ -382,6 +382,14 @@ def test_a_changed_tensor_byte_names_the_record_and_its_tensors(tmp_path):
     assert "It holds model.weight_hh_l0." in str(error.value)
     checkpoint = interop.read_checkpoint(tmp_path / "good.pt")
     assert checkpoint.checksums == "verified"
+
+    from interop import check, convert
+
+    for command in (check.main, lambda argv: convert.main([*argv, str(tmp_path / "out.safetensors")])):
+        assert command([str(tmp_path / "bad.pt")]) == 2
+        err = capsys.readouterr().err
+        assert "record good/data/1 fails its CRC-32 check" in err and "Traceback" not in err
+    assert not (tmp_path / "out.safetensors").exists()
 
 
 def test_files_without_checksums_load_and_say_so(tmp_path):
