@@ -14,7 +14,7 @@ Flax NNX: ``jaxrnn.nnx.LSTM(4, 8, 2, batch_first=True, rngs=nnx.Rngs(0))`` (:mod
 
 import importlib.metadata
 
-from jaxrnn import functional
+from jaxrnn import functional, init
 from jaxrnn.cells import FlaxGRUCell, FlaxLSTMCell, FlaxRNNCell, GRUCell, LSTMCell, RNNCell
 from jaxrnn.data import Vocab, bptt_batches, contiguous_streams, num_bptt_batches, sliding_windows
 from jaxrnn.generate import generate
@@ -50,6 +50,7 @@ __all__ = [
     "RNN",
     "RNNCell",
     "functional",
+    "init",
     "lengths_to_mask",
     "pad_sequence",
     "PackedSequence",

@@ -1,13 +1,16 @@
-"""Looking inside a recurrent layer: every layer's hidden (and cell) state at every step."""
+"""Looking inside a recurrent layer: every layer's hidden (and cell) state at every step, and how far back the
+loss's gradient reaches."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxrnn.params import suffix
+from jaxrnn.equations import NUM_GATES, Cell, gate_weights, kind_of, project
+from jaxrnn.params import suffix, weights_of
 from jaxrnn.rnn import _StackedRecurrent
 
 Array = jax.Array
@@ -50,3 +53,46 @@ def step_states(
     }
     result["output"] = output
     return result
+
+
+def hidden_state_gradients(
+    cell: str, params: Mapping[str, Array], x: Array, loss: Callable[[Array], Array], nonlinearity: str = "tanh"
+) -> Array:
+    """``dL/dh_t`` at every step of a one-layer, one-direction layer, where ``L = loss(h_T)``.
+
+    Args:
+      cell: ``'rnn'``, ``'lstm'`` or ``'gru'``.
+      params: the layer's parameters under torch's names (``weight_ih_l0``, ...).
+      x: ``(N, L, H_in)``, batch first.
+      loss: the scalar loss of the last hidden state ``h_T`` ``(N, P)``
+        (a head and a criterion, say).
+      nonlinearity: an RNN's, ``'tanh'`` or ``'relu'``.
+
+    Returns:
+      ``(L, N, P)``: the gradient of ``L`` with respect to ``h_t``, found by
+      re-running the layer's step with a zero perturbation added to each
+      ``h_t`` and differentiating with respect to the perturbations. How its
+      norm falls with the distance ``L - 1 - t`` is how far back the loss can
+      still teach the layer.
+    """
+    weights = weights_of(params, "_l0")
+    if weights["weight_hh"] is None:
+        raise ValueError(f"hidden_state_gradients: expected a layer's weight_hh_l0, got keys {sorted(params)}.")
+    kind = kind_of(cell, nonlinearity)
+    num_gates = NUM_GATES[kind]
+    projection = weights["weight_hr"]
+    hidden = int(weights["weight_hh"].shape[0]) // num_gates
+    layer_cell = Cell(kind, hidden, 0 if projection is None else int(projection.shape[0]))
+    ih, hh = gate_weights(weights, num_gates)
+    gx = project(ih, jnp.swapaxes(x, 0, 1))  # G arrays (L, N, H)
+
+    def loss_of_perturbations(perturbations: Array) -> Array:
+        def body(state: Any, inputs: tuple) -> tuple:
+            gx_t, eps_t = inputs
+            state, _ = layer_cell.combine(gx_t, project(hh, state[0]), state, projection)
+            return (state[0] + eps_t,) + state[1:], None
+
+        state, _ = jax.lax.scan(body, layer_cell.zero_state((x.shape[0],), x.dtype), (gx, perturbations))
+        return loss(state[0])
+
+    return jax.grad(loss_of_perturbations)(jnp.zeros((x.shape[1], x.shape[0], layer_cell.output_size), x.dtype))

@@ -20,6 +20,7 @@ RUNS = [
     (["padded_batch.py"], "largest difference vs torch pack_padded_sequence"),
     (["scratch_vs_library.py"], "the same numbers"),
     (["gradient_flow.py", "--smoke", "--out", "/tmp/jaxrnn-gradient-flow-smoke"], "dh_3/dh_1: jax.grad"),
+    (["long_memory.py", "--smoke", "--out", "/tmp/jaxrnn-long-memory-smoke"], "||dL/dh_t|| lstm-fb1 trained"),
     (["tbptt.py", "--out", "/tmp/jaxrnn-tbptt-smoke"], "gradient before step 18 is exactly zero: True"),
     (["flax_parity.py", "--smoke", "--out", "/tmp/jaxrnn-flax-parity-smoke"], "every float64 row"),
     (["one_to_many.py", "--smoke", "--out", "/tmp/jaxrnn-one-to-many-smoke"], "exact match: held-out"),
