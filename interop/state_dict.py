@@ -136,8 +136,8 @@ def load_state_dict(
         ``nnx.LayerNorm``), whose parameters are replaced in place.
       state_dict: ``{key: tensor or array}``, e.g. ``torch_model.state_dict()``
         or :func:`interop.load_checkpoint`'s result.
-      *example_args, **example_kwargs: inputs to trace a linen ``module.init``
-        with (shapes only; nothing is computed). Not needed for a lone jaxrnn
+      *example_args: inputs to trace a linen ``module.init`` with (shapes
+        only; nothing is computed); ``**example_kwargs`` the same by keyword. Not needed for a lone jaxrnn
         layer or cell (its input size is read from ``weight_ih``), nor for an
         NNX module (its parameters already exist).
       prefix: prepended to every expected key, e.g. ``'rnn.'`` to load the
@@ -171,7 +171,7 @@ def load_state_dict(
     Returns:
       linen: ``{'params': ...}`` with each array converted to the dtype the
       module declares (``param_dtype``). NNX: the module itself, its
-      ``nnx.Param``s replaced (each in its own dtype).
+      ``nnx.Param`` values replaced (each in its own dtype).
 
     Warns:
       NarrowingWarning: once, when weights are rounded to a narrower dtype

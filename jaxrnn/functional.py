@@ -63,6 +63,19 @@ from jaxrnn.params import (
 )
 from jaxrnn.recurrence import LoopOptions, recurrence
 
+__all__ = [
+    "cell_step",
+    "gru",
+    "gru_cell",
+    "init_cell_params",
+    "init_params",
+    "lstm",
+    "lstm_cell",
+    "rnn",
+    "rnn_cell",
+    "stacked",
+]
+
 Array = jax.Array
 Params = Mapping[str, Array]
 

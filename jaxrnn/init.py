@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 import jax
 import jax.numpy as jnp
 
+__all__ = ["forget_gate_bias", "irnn"]
+
 Array = jax.Array
 Params = TypeVar("Params")  # a params dict, or a jaxrnn.nnx layer (Flax NNX is imported only when one is passed)
 

@@ -88,6 +88,7 @@ def make_optimizer(
 
 
 def init_train_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
+    """A :class:`TrainState` at step 0: ``params``, the ``optimizer``'s fresh state for them, ``step = 0``."""
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 

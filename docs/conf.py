@@ -1,0 +1,68 @@
+"""Sphinx configuration: MyST-NB pages and notebooks (executed at build time), API reference from the docstrings.
+
+pip install -e ".[docs]" -c constraints.txt && python -m sphinx -W -b html docs docs/_build/html
+"""
+
+import importlib.metadata
+
+project = "jaxrnn"
+author = "the jaxrnn developers"
+copyright = "2026, the jaxrnn developers"
+release = importlib.metadata.version("jaxrnn")
+
+extensions = [
+    "myst_nb",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+]
+
+# Pages are MyST markdown; notebooks are MyST markdown too (jupytext), run when the site builds.
+source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
+exclude_patterns = ["_build", "**.ipynb_checkpoints", "README.md"]
+myst_enable_extensions = ["colon_fence", "dollarmath"]
+myst_heading_anchors = 3
+nb_execution_mode = "force"  # every notebook runs at every build: one that stops teaching fails it
+nb_execution_timeout = 300
+nb_execution_raise_on_error = True
+
+# API reference: Google-style docstrings, signatures with their type hints.
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+autodoc_default_options = {"members": True, "show-inheritance": False}
+
+html_theme = "sphinx_book_theme"
+html_title = "jaxrnn"
+html_theme_options = {"show_toc_level": 2}
+
+
+# Every public name gets a rendered entry, or the build fails.
+PUBLIC_MODULES = ("jaxrnn", "jaxrnn.nnx", "jaxrnn.functional", "jaxrnn.init", "interop")
+
+
+def _check_public_names(app, exception):  # noqa: ANN001 (Sphinx's hook signature)
+    if exception is not None:
+        return
+    import importlib
+    import types
+
+    documented = set(app.env.get_domain("py").objects)
+    missing = []
+    for name in PUBLIC_MODULES:
+        module = importlib.import_module(name)
+        public = getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")]
+        for attr in public:
+            value = getattr(module, attr)
+            if isinstance(value, types.ModuleType) or getattr(value, "__module__", "").startswith("typing"):
+                continue
+            if f"{name}.{attr}" not in documented:
+                missing.append(f"{name}.{attr}")
+    if missing:
+        raise RuntimeError(f"public names with no entry in the API reference: {', '.join(sorted(missing))}")
+
+
+def setup(app):  # noqa: ANN001, ANN201
+    app.connect("build-finished", _check_public_names)
