@@ -83,7 +83,7 @@ def _pickle_module(unpickler_base: type) -> types.SimpleNamespace:
 
 # What this module uses of torch's loader (torch >= 2.6; checked, so another version fails with a clear message).
 _HOOKS = {
-    "torch.serialization": ("_load", "_open_zipfile_reader", "safe_globals"),
+    "torch.serialization": ("_load", "safe_globals"),
     "torch._weights_only_unpickler": (
         "Unpickler",
         "get_globals_in_pkl",
