@@ -197,8 +197,7 @@ class TorchZipReader:
 
     def _read_into(self, info: zipfile.ZipInfo, buffer: memoryview) -> str | None:
         """Fills ``buffer`` (``info.file_size`` bytes) with the record; returns a message if its CRC-32 fails."""
-        self._check_declared(info)
-        if info.compress_type == zipfile.ZIP_STORED:
+        if info.compress_type == zipfile.ZIP_STORED:  # the sizes were checked by the caller, before allocating
             self._read_stored(info, buffer)
         else:
             self._read_deflated(info, buffer)
