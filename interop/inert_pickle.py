@@ -159,12 +159,7 @@ def load_legacy(path: str) -> Any:
     import torch
 
     serialization, restricted = _torch_loader()
-    check_legacy_sizes(path)
-    names: set[str] = set()
-    with open(path, "rb") as f:  # a legacy file is several pickles in a row: magic, protocol, sys info, object
-        bounded = _Bounded(f, os.fstat(f.fileno()).st_size)
-        for _ in range(4):
-            names |= restricted.get_globals_in_pkl(bounded)
+    names = check_legacy_sizes(path)
     with serialization.safe_globals(placeholders(_unknown_globals(restricted, names))):
         return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -177,9 +172,10 @@ _ELEMENT_SIZES = {
 }  # fmt: skip
 
 
-def check_legacy_sizes(path: str) -> None:
+def check_legacy_sizes(path: str) -> set[str]:
     """Reads a legacy ``torch.save`` file's pickles without building anything and checks that every storage they
-    declare fits in the file, and that the storages' bytes that follow the pickles are all there.
+    declare fits in the file, and that the storages' bytes that follow the pickles are all there. Returns the
+    globals the pickles name (``'module.name'``, as written: the placeholders :func:`load_legacy` registers).
 
     Raises:
       CheckpointError: a storage type that does not exist, a storage larger
@@ -190,8 +186,10 @@ def check_legacy_sizes(path: str) -> None:
     with open(path, "rb") as f:
         bounded = _Bounded(f, size)
         try:
-            for _ in range(3):  # magic number, protocol, sys info
-                _DryUnpickler(bounded).load()
+            # A legacy file is several pickles in a row: magic number, protocol, sys info, the object, storage keys.
+            header = [_DryUnpickler(bounded) for _ in range(3)]
+            for unpickler in header:
+                unpickler.load()
             main = _DryUnpickler(bounded)
             main.load()
             keys = _DryUnpickler(bounded).load()
@@ -232,6 +230,7 @@ def check_legacy_sizes(path: str) -> None:
                     f"{offset}, but the file {'ends first' if end > size or len(count) < 8 else 'says otherwise'}."
                 )
             offset = end
+    return set().union(*(unpickler.globals for unpickler in (*header, main)))
 
 
 class _Bounded:
@@ -270,14 +269,18 @@ class _DryUnpickler(pickle.Unpickler):
     it builds nothing from the file, so it can measure a pickle no one trusts."""
 
     def __init__(self, f: Any):
-        super().__init__(f, encoding="utf-8")
+        super().__init__(f, encoding="utf-8", fix_imports=False)  # globals as written, as torch's unpickler sees them
         self.saved_ids: list[Any] = []
+        self.globals: set[str] = set()
 
     def find_class(self, module: str, name: str) -> type:
+        self.globals.add(f"{module}.{name}")
         return type(name, (_Inert,), {"global_name": f"{module}.{name}"})
 
     def persistent_load(self, saved_id: Any) -> Any:
         self.saved_ids.append(saved_id)
+        if isinstance(saved_id, tuple) and len(saved_id) > 1 and saved_id[0] in ("module", b"module"):
+            return saved_id[1]  # a pickled nn.Module's class, as torch's loader gives it back (a placeholder here)
         return saved_id
 
 

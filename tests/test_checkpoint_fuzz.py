@@ -413,3 +413,11 @@ def test_files_without_checksums_load_and_say_so(tmp_path):
         assert why in checkpoint.checksums
         got = checkpoint.state_dict
         assert sorted(got) == sorted(sd) and all(np.array_equal(got[k], v.numpy()) for k, v in sd.items())
+
+
+def test_a_legacy_whole_model_gets_torchs_reason_not_a_damage_report(tmp_path):
+    """A legacy file pickling a whole nn.Module names its class as a 'module' persistent id: the size check reads
+    past it, and the file gets the reason torch's restricted unpickler gives, not a claim that it is damaged."""
+    torch.save({"model": torch.nn.LSTM(2, 3)}, tmp_path / "model.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match=r"cannot be read without running code from it \(Only persistent_load"):
+        interop.read_checkpoint(tmp_path / "model.pt")
