@@ -145,12 +145,14 @@ def _read(path: str, fmt: str, key: str | None) -> Checkpoint:
         raise _damaged(path, fmt, reader, obj)
     entry, tensors = _select(obj, path, key)
     left_out = [item for item in left_out if not (entry and item.startswith(entry + "."))]
-    if reader is None:
-        checksums = NO_CHECKSUMS["torch-legacy"]
-    else:
-        checksums = "verified" if reader.checksums == "verified" else NO_CHECKSUMS["absent"]
+    checksums = NO_CHECKSUMS["torch-legacy"] if reader is None else _checksums(reader)
     state_dict = {name: to_numpy(value) for name, value in tensors.items()}
     return Checkpoint(path, fmt, state_dict, entry, left_out, checksums)
+
+
+def _checksums(reader: TorchZipReader) -> str:
+    """:attr:`Checkpoint.checksums` for a zip file: ``'verified'``, or why its records carry none."""
+    return "verified" if reader.checksums == "verified" else NO_CHECKSUMS["absent"]
 
 
 def _damaged(path: str, fmt: str, reader: TorchZipReader, obj: Any) -> CheckpointError:
@@ -264,7 +266,7 @@ def _read_exported_program(path: str) -> tuple[dict[str, np.ndarray], str]:
                 ) from None
             for name, entry, record in entries:
                 out[scope + name] = _pt2_tensor(path, name, archive.read(record), entry, ml_dtypes)
-    return out, "verified" if archive.checksums == "verified" else NO_CHECKSUMS["absent"]
+    return out, _checksums(archive)
 
 
 def _pt2_tensor(path: str, name: str, raw: bytes, entry: Mapping[str, Any], ml_dtypes: Any) -> np.ndarray:
