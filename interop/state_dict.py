@@ -19,7 +19,7 @@ is installed, but torch is never imported here.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -192,7 +192,7 @@ def load_state_dict(
             raise TypeError(f"load_state_dict: {target} is an NNX module; it needs no example inputs.")
         variables = dict(nnx.to_flat_state(nnx.state(module, nnx.Param)))
         expected = {path: v[...] for path, v in variables.items()}
-        flat = _match_flax(target, expected, dict(nnx.iter_graph(module)), state_dict, prefix, strict)
+        flat = _match_flax(target, expected, lambda: dict(nnx.iter_graph(module)), state_dict, prefix, strict)
         for path, value in flat.items():
             variables[path][...] = value
         return module
@@ -204,24 +204,25 @@ def load_state_dict(
             )
         example_args = _example_inputs(module, state_dict, prefix)
     expected, modules = _trace(module, example_args, example_kwargs)
-    flat = _match_flax(target, expected, modules, state_dict, prefix, strict)
+    flat = _match_flax(target, expected, lambda: modules, state_dict, prefix, strict)
     return {"params": traverse_util.unflatten_dict(flat)}
 
 
 def _match_flax(
     target: str,
     expected: Mapping[tuple, Any],
-    modules: Mapping[tuple, Any],
+    modules: Callable[[], Mapping[tuple, Any]],
     state_dict: Mapping[str, Any],
     prefix: str,
     strict: bool,
 ) -> dict[tuple, Any]:
     """:func:`_match`, with Flax's own recurrent cells seen in torch's layout (:mod:`interop.flax_cells`);
-    ``modules`` (``{path: module}``) lets it check that each cell computes what torch's layer does."""
+    ``modules()`` (``{path: module}``, asked for only when there are such cells) lets it check that each cell
+    computes what torch's layer does."""
     cells = flax_cells.find(expected)
-    flax_cells.check_functions(cells, modules)
     if not cells:
         return _match(target, expected, state_dict, prefix, strict)
+    flax_cells.check_functions(cells, modules())
 
     def key_of(path: tuple) -> str:
         return torch_key(path, prefix)[0]
@@ -338,10 +339,8 @@ def to_state_dict(
     writes a shared weight under both names, as torch's strict
     ``load_state_dict`` of a tied model wants it.
     """
-    modules = {}
     if isinstance(variables, nnx.Module):
         params = {path: v[...] for path, v in nnx.to_flat_state(nnx.state(variables, nnx.Param))}
-        modules = dict(nnx.iter_graph(variables))
     elif not isinstance(variables, Mapping) or "params" not in variables:
         raise KeyError(
             "to_state_dict: expected Flax variables with a 'params' collection or an NNX module, got "
@@ -350,7 +349,8 @@ def to_state_dict(
     else:
         params = traverse_util.flatten_dict(dict(variables["params"]))
     cells = flax_cells.find(params)
-    flax_cells.check_functions(cells, modules)
+    if cells and isinstance(variables, nnx.Module):  # linen variables carry no modules to check
+        flax_cells.check_functions(cells, dict(nnx.iter_graph(variables)))
     params = flax_cells.to_torch(params, cells)
     return retie(rename_keys(_torch_arrays(params, prefix), rename), tied)
 
