@@ -18,6 +18,7 @@ place (and which is returned). Every layer and direction of a stack is changed.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 __all__ = ["forget_gate_bias", "irnn"]
 
 Array = jax.Array
-Params = TypeVar("Params")  # a params dict, or a jaxrnn.nnx layer (Flax NNX is imported only when one is passed)
+Params = TypeVar("Params")  # a params dict, or a jaxrnn.nnx layer (one exists only once Flax NNX is imported)
 
 _KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)(_l\d+(?:_reverse)?)?$")
 
@@ -98,9 +99,7 @@ def _arrays(owner: str, params: Any) -> dict[str, Array]:
     """The layer's ``{torch name: array}``, from a params dict or a jaxrnn NNX layer."""
     if isinstance(params, Mapping):
         arrays = dict(params)
-    elif _is_nnx_module(params):
-        from flax import nnx
-
+    elif (nnx := sys.modules.get("flax.nnx")) is not None and isinstance(params, nnx.Module):
         arrays = {name: value[...] for name, value in vars(params).items() if isinstance(value, nnx.Param)}
     else:
         raise TypeError(f"{owner}: expected a params dict or a jaxrnn.nnx layer, got {type(params).__name__}.")
@@ -121,7 +120,3 @@ def _apply(owner: str, params: Any, change: Any) -> Any:
             getattr(params, name)[...] = value
         return params
     return type(params)(changed) if not isinstance(params, dict) else changed
-
-
-def _is_nnx_module(obj: Any) -> bool:
-    return any(cls.__module__.startswith("flax.nnx") and cls.__name__ == "Module" for cls in type(obj).__mro__)
