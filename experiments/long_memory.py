@@ -66,6 +66,11 @@ def adding_problem(key: jax.Array, batch: int, length: int) -> tuple[jax.Array, 
     return jnp.stack([values, markers], axis=-1), values[rows, first] + values[rows, second]
 
 
+def layer_of(cell: str) -> tuple[str, str]:
+    """A name of CELLS -> (jaxrnn layer kind, nonlinearity): ``irnn`` is a ReLU ``rnn``, ``lstm-fb1`` an ``lstm``."""
+    return ("rnn", "relu") if cell == "irnn" else (cell.split("-")[0], "tanh")
+
+
 class Adder(nn.Module):
     """A recurrent layer and a linear head on its last output: ``(N, T, 2) -> (N,)``."""
 
@@ -74,8 +79,8 @@ class Adder(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kind = "rnn" if self.cell in ("rnn", "irnn") else self.cell.split("-")[0]
-        extra = {"nonlinearity": "relu"} if self.cell == "irnn" else {}
+        kind, nonlinearity = layer_of(self.cell)
+        extra = {"nonlinearity": nonlinearity} if kind == "rnn" else {}
         layer = jaxrnn.recurrent_layer(
             kind, input_size=2, hidden_size=self.hidden_size, batch_first=True, name="rnn", **extra
         )
@@ -137,8 +142,7 @@ def gradient_norms(cell: str, params: dict, length: int, key: jax.Array) -> np.n
     def loss(h_last: jax.Array) -> jax.Array:
         return jnp.mean((h_last @ head["kernel"][:, 0] + head["bias"][0] - y) ** 2)
 
-    kind = "rnn" if cell in ("rnn", "irnn") else cell.split("-")[0]
-    nonlinearity = "relu" if cell == "irnn" else "tanh"
+    kind, nonlinearity = layer_of(cell)
     grads = jaxrnn.inspect.hidden_state_gradients(kind, params["rnn"], x, loss, nonlinearity)  # (T, N, H)
     return np.asarray(jnp.linalg.norm(grads, axis=-1).mean(axis=1))[::-1]
 
