@@ -40,7 +40,7 @@ html_theme_options = {"show_toc_level": 2}
 
 
 # Every public name gets a rendered entry, or the build fails.
-PUBLIC_MODULES = ("jaxrnn", "jaxrnn.nnx", "jaxrnn.functional", "jaxrnn.init", "interop")
+PUBLIC_MODULES = ("jaxrnn", "jaxrnn.nnx", "jaxrnn.functional", "jaxrnn.init", "jaxrnn.parallel", "interop")
 
 
 def _check_public_names(app, exception):  # noqa: ANN001 (Sphinx's hook signature)

@@ -19,6 +19,19 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
 
+__all__ = [
+    "DATA_AXIS",
+    "batch_sharding",
+    "check_batch_sizes",
+    "check_divisible",
+    "data_mesh",
+    "global_batch",
+    "initialize_distributed",
+    "process_slice",
+    "replicated",
+    "state_sharding",
+]
+
 
 def initialize_distributed(
     coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
@@ -56,6 +69,7 @@ def data_mesh(num_devices: int | None = None) -> Mesh:
 
 
 def check_divisible(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
+    """Raises ``ValueError`` naming ``what`` unless ``batch_size`` splits evenly over the mesh's ``data`` axis."""
     n = mesh.shape[DATA_AXIS]
     if batch_size % n:
         raise ValueError(f"{what}={batch_size} does not divide evenly over {n} devices; use a multiple of {n}.")
@@ -70,6 +84,7 @@ def check_batch_sizes(num_devices: int | None, **sizes: int) -> Mesh:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """Sharding that keeps a whole copy on every device of ``mesh`` (parameters, optimizer state)."""
     return NamedSharding(mesh, PartitionSpec())
 
 

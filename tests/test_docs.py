@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-PUBLIC_MODULES = ("jaxrnn", "jaxrnn.nnx", "jaxrnn.functional", "jaxrnn.init", "jaxrnn.inspect", "interop")
+PUBLIC_MODULES = ("jaxrnn", "jaxrnn.nnx", "jaxrnn.functional", "jaxrnn.init", "jaxrnn.inspect", "jaxrnn.parallel", "interop")
 
 
 def public_names(module: types.ModuleType) -> list[str]:
