@@ -102,7 +102,8 @@ def _sha256(path: pathlib.Path) -> str:
 
 
 def read_corpus_file(corpus: str, name: str, data_dir: str | os.PathLike | None = None) -> str:
-    """The verified text of one file of ``corpus`` (``'tinyshakespeare'`` or ``'ptb'``)."""
+    """The verified text of one file of ``corpus`` (a key of ``CORPORA``: ``'tinyshakespeare'``, ``'ptb'``,
+    ``'msft'``, ``'sunspots'``)."""
     if corpus not in CORPORA:
         raise ValueError(f"unknown corpus {corpus!r}; expected one of {sorted(CORPORA)}.")
     spec = {f.name: f for f in CORPORA[corpus]}.get(name)

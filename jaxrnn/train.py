@@ -206,7 +206,12 @@ def fit(
     True ends training early. Returns the final state and the loss of every step.
     """
     losses: list[float] = []
-    from tqdm.auto import tqdm  # progress output stays off the library's import path
+    # tqdm stays off the library's import path. A disabled bar is plain tqdm, so a notebook without
+    # ipywidgets gets no warning from tqdm.auto about the widget it would not draw anyway.
+    if progress:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
 
     bar = tqdm(total=num_steps, disable=not progress, leave=False, dynamic_ncols=True)
     for i, batch in zip(range(1, num_steps + 1), batches):
