@@ -11,7 +11,11 @@ layer in training). Shapes, with ``S`` source and ``T`` target steps::
 
 Without attention: ``logits = W_out h_t``. With attention: ``score(s) = h_t .
 W_a e_s`` over the source steps ``s < src_lengths`` (padding never attended),
-``c_t = sum_s softmax(score)_s e_s``, ``logits = W_out tanh(W_c [c_t; h_t])``.
+``c_t = sum_s softmax(score)_s e_s``, ``logits = W_out tanh(W_c [c_t; h_t])``. The weights
+``softmax(score)``, ``(N, T, S)``, are sown as Flax intermediates, to be looked at::
+
+    logits, state = model.apply(variables, src, src_lengths, tgt_in, mutable=["intermediates"])
+    weights = state["intermediates"]["attention_weights"][0]  # (N, T, S), zero on source padding
 
 :func:`greedy_decode` and :func:`beam_search` generate under ``jit`` (one
 ``lax.scan`` over the output steps). Generation is autoregressive, so the
@@ -72,7 +76,8 @@ class Seq2Seq(nn.Module):
         if self.attention:
             scores = jnp.einsum("nth,nsh->nts", h, self.score(enc_out))  # h_t . W_a e_s
             valid = lengths_to_mask(src_lengths, enc_out.shape[1])[:, None, :]  # (N, 1, S)
-            weights = jax.nn.softmax(jnp.where(valid, scores, -jnp.inf), axis=-1)
+            weights = jax.nn.softmax(jnp.where(valid, scores, -jnp.inf), axis=-1)  # (N, T, S)
+            self.sow("intermediates", "attention_weights", weights)  # kept only where 'intermediates' is mutable
             context = jnp.einsum("nts,nsh->nth", weights, enc_out)
             h = jnp.tanh(self.combine(jnp.concatenate([context, h], axis=-1)))
         return self.out(h), state

@@ -87,6 +87,21 @@ def test_source_padding_is_never_attended():
     )
 
 
+def test_attention_weights_are_sown_for_inspection():
+    """The weights the model used: (N, T, S), each row a distribution over the valid source steps; logits unchanged."""
+    model, variables, src, lengths, tgt_in = setup(attention=True)
+    logits, state = model.apply(variables, src, lengths, tgt_in, mutable=["intermediates"])
+    (weights,) = state["intermediates"]["attention_weights"]
+    assert weights.shape == (3, 6, 5)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-6)
+    padding = np.broadcast_to(np.arange(5)[None, None, :] >= lengths[:, None, None], weights.shape)
+    assert (np.asarray(weights)[padding] == 0).all()
+    np.testing.assert_array_equal(logits, model.apply(variables, src, lengths, tgt_in))
+    plain, plain_variables, *_ = setup(attention=False)
+    _, state = plain.apply(plain_variables, src, lengths, tgt_in, mutable=["intermediates"])
+    assert "intermediates" not in state  # nothing to look at without attention
+
+
 @pytest.mark.parametrize("attention", [False, True])
 def test_torch_twin_gives_the_same_logits_and_strings(attention):
     pytest.importorskip("torch")
