@@ -110,7 +110,8 @@ def hidden_gradient_norms(cell: str, params: dict, length: int, key) -> np.ndarr
         return optax.softmax_cross_entropy_with_integer_labels(logits, symbols).mean()
 
     grads = jaxrnn.inspect.hidden_state_gradients(cell, params["rnn"], x, loss)  # (L, N, H)
-    return np.asarray(jnp.linalg.norm(grads, axis=-1).mean(axis=1))
+    # in float64: in float32 the squares of entries below ~1e-19 underflow and the norm would read 0
+    return np.linalg.norm(np.asarray(grads, np.float64), axis=-1).mean(axis=1)
 
 
 # -- 3. clipping -------------------------------------------------------------------------------------
