@@ -45,3 +45,12 @@ def test_ci_runs_the_readme_test_command():
 def test_ruff_clean():
     run = subprocess.run([sys.executable, "-m", "ruff", "check", str(ROOT)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_readme_is_a_front_page():
+    """At most 250 lines; the rest lives in docs/, and every file the README links to exists."""
+    assert len(README.splitlines()) <= 250
+    links = re.findall(r"\]\(([^)#\s]+)\)", README)
+    assert links, "the README links to no docs page"
+    missing = [link for link in links if not link.startswith("http") and not (ROOT / link).exists()]
+    assert not missing, f"README links to files that do not exist: {missing}"
