@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+#: The name of the mesh axis that batches are split along.
 DATA_AXIS = "data"
 
 __all__ = [

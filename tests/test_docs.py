@@ -10,7 +10,15 @@ import types
 
 import pytest
 
-PUBLIC_MODULES = ("jaxrnn", "jaxrnn.nnx", "jaxrnn.functional", "jaxrnn.init", "jaxrnn.inspect", "jaxrnn.parallel", "interop")
+PUBLIC_MODULES = (
+    "jaxrnn",
+    "jaxrnn.nnx",
+    "jaxrnn.functional",
+    "jaxrnn.init",
+    "jaxrnn.inspect",
+    "jaxrnn.parallel",
+    "interop",
+)
 
 
 def public_names(module: types.ModuleType) -> list[str]:
