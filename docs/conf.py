@@ -32,7 +32,18 @@ napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
-autodoc_default_options = {"members": True, "show-inheritance": False}
+autodoc_default_options = {"members": True}
+autodoc_inherit_docstrings = False  # Flax's own docstrings (Module.setup, ...) are not jaxrnn's to render
+
+# Every cross-reference must resolve. Names from other packages cannot: their object inventories (intersphinx) are
+# downloaded at build time, and the build runs offline (CI machines reach only package registries).
+nitpicky = True
+nitpick_ignore_regex = [
+    (r"py:.*", r"(jax|jaxlib|numpy|flax|optax|collections\.abc|os|typing|pathlib)\..*"),
+    (r"py:class", r"Array|PyTree|linen"),  # the local alias for jax.Array; Literal["linen", ...] options
+    (r"py:class", r"jaxrnn\.init\.Params"),  # a TypeVar: a params dict or a jaxrnn.nnx layer
+    (r"py:class", r"jaxrnn\..*\._\w+"),  # private base classes named in signatures
+]
 
 html_theme = "sphinx_book_theme"
 html_title = "jaxrnn"

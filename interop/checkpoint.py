@@ -1,13 +1,13 @@
 """Checkpoint files as named arrays, whatever torch container they come in, without running code from them.
 
-:func:`read_checkpoint` detects the format from the bytes (:func:`interop.formats.sniff`),
+:func:`interop.read_checkpoint` detects the format from the bytes (:func:`interop.formats.sniff`),
 reads it, finds the model's tensors in it and reports what it left out:
 
 ======================  ==========================================================
 format                  how it is read
 ======================  ==========================================================
 torch.save (zip)        torch's restricted unpickler; unknown globals become inert
-torch.save (legacy)     placeholders (:mod:`interop.inert_pickle`), so a pickled
+torch.save (legacy)     placeholders (``interop.inert_pickle``), so a pickled
 Lightning ``.ckpt``     ``nn.Module``, an ``argparse.Namespace`` or a vocabulary
                         object next to the weights costs nothing and runs nothing
 TorchScript             its ``data.pkl``, the same way (its code is never loaded)
@@ -37,6 +37,7 @@ from interop.torch_zip import TorchZipReader
 
 # Entries of a training-checkpoint dict that hold the model, in the order they are tried:
 # pytorch/examples and most tutorials, Lightning ('state_dict'), and common hand-written layouts.
+#: The entries of a training dict that hold the model's state dict, in the order they are looked for.
 STATE_DICT_ENTRIES = ("state_dict", "model_state_dict", "model", "net", "network", "module", "model_state")
 
 
@@ -55,7 +56,7 @@ class Checkpoint:
         loaded (kept as an inert placeholder), e.g. ``'args: argparse.Namespace'``.
       checksums: what guards the bytes: ``'verified'`` (a torch zip file,
         TorchScript or ``.pt2``: every record read matched its CRC-32), or why
-        nothing could be checked (:data:`NO_CHECKSUMS`).
+        nothing could be checked (:data:`interop.checkpoint.NO_CHECKSUMS`).
     """
 
     path: str
@@ -66,7 +67,7 @@ class Checkpoint:
     checksums: str = "verified"
 
 
-# Why a file's bytes could not be checked, by format (and for zip files torch wrote without CRC-32s).
+#: Why a file's bytes could not be checked, by format (and for zip files torch wrote without CRC-32s).
 NO_CHECKSUMS = {
     "torch-legacy": "none: the legacy (pre-1.6) torch format stores no checksum",
     "safetensors": "none: safetensors files store no checksum",
@@ -90,7 +91,7 @@ def read_checkpoint(path: str | os.PathLike, key: str | None = None) -> Checkpoi
       key: the entry that holds the model, as a dotted path through nested
         dicts (``'model'``, ``'checkpoint.weights'``). By default: the whole
         file if it is a dict of tensors or a pickled ``nn.Module``, else the
-        first of :data:`STATE_DICT_ENTRIES` that is one.
+        first of :data:`interop.checkpoint.STATE_DICT_ENTRIES` that is one.
 
     Returns:
       A :class:`Checkpoint`: the state dict, where it was found, and what was left out.

@@ -2,7 +2,7 @@
 
 :func:`sniff` reads the first bytes and the zip directory, never the pickles,
 and needs neither torch nor safetensors. It returns one of the
-:data:`FORMATS` or raises :class:`CheckpointError` naming the file and the
+:data:`FORMATS` or raises :class:`interop.CheckpointError` naming the file and the
 real cause: empty, truncated, a git-lfs pointer, an HTML page saved under a
 checkpoint's name, or no known signature.
 """
@@ -19,6 +19,7 @@ _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19
 _ZIP_MAGIC = b"PK\x03\x04"
 _LFS_POINTER = b"version https://git-lfs"
 
+#: The formats :func:`sniff` tells apart, each with the words an error message uses for it.
 FORMATS = {
     "torch": "torch.save archive (zip, the default since torch 1.6)",
     "torch-legacy": "torch.save file in the legacy (pre-1.6, non-zip) format",

@@ -4,25 +4,25 @@
 through a C++ reader that never checks the CRC-32 stored with each record, so
 a flipped bit in a tensor's bytes loads as a different number without a word.
 :class:`TorchZipReader` offers the part of that reader's interface that
-``torch.serialization._load`` uses, over Python's :mod:`zipfile` structures,
+``torch.serialization._load`` uses, over Python's ``zipfile`` structures,
 and on every read:
 
 * checks the record's declared sizes before allocating: a stored record must
   lie inside the file, a tensor's record must hold exactly the bytes its
   storage needs, any other record at most :data:`MAX_METADATA_BYTES`;
 * reads a stored record's bytes straight into the storage's memory (one copy),
-  then computes their CRC-32 (:data:`CRC32`: ISA-L's where installed, else
+  then computes their CRC-32 (``CRC32``: ISA-L's where installed, else
   zlib's) and compares it with the one in the zip directory; a deflated record (torch never writes them, a
   re-zipped archive has them) is inflated no further than its declared size.
 
 A mismatch in ``data.pkl`` or another metadata record raises
 :class:`~interop.formats.CheckpointError` at once. A mismatch in a tensor's
-record is kept in :attr:`TorchZipReader.damaged` and reported after the
+record is kept in ``TorchZipReader.damaged`` and reported after the
 pickle is read, so the error can name the tensors stored there.
 
 Files written with ``torch.utils.serialization.config.save.compute_crc32 =
 False`` carry 0 as every record's CRC-32: they cannot be verified, and
-:attr:`TorchZipReader.checksums` says so.
+``TorchZipReader.checksums`` says so.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ except ImportError:  # pragma: no cover (isal missing): zlib's, several GB/s
 
 # Records other than tensor data (data.pkl, byteorder, versions, TorchScript's code and constants) are small; a
 # directory that declares more for one of them is lying (or describes a zip bomb).
+#: 1 GiB, the largest record other than a tensor's that is read (data.pkl and the like).
 MAX_METADATA_BYTES = 1 << 30
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, then (after 22 bytes) name and extra-field lengths
 _LOCAL_SIGNATURE = b"PK\x03\x04"

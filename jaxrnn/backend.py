@@ -24,7 +24,7 @@ The rules, in order, for ``cpu_kernel="auto"`` (the default):
    timed. ``cpu_kernel="always"`` runs it. Decided before the kernel is
    loaded: nothing is loaded or compiled for a build "auto" leaves alone.
 4. The kernel cannot be loaded or built here
-   (:func:`jaxrnn.kernels.cpu.unavailable_reason`, which warns once): the XLA loop.
+   (``jaxrnn.kernels.cpu.unavailable_reason``, which warns once): the XLA loop.
 5. Otherwise the kernel (``avx512`` or ``avx2`` build).
 
 ``cpu_kernel="always"`` raises a ``ValueError`` that gives the reason wherever
@@ -48,7 +48,7 @@ SLOWER_THAN_XLA = ("generic",)  # kernel builds that "auto" leaves alone (see ru
 
 
 def check_cpu_kernel(owner: str, value: str) -> None:
-    """Raises unless ``value`` is one of :data:`CPU_KERNEL_MODES`; ``owner`` names the module in the message."""
+    """Raises unless ``value`` is one of ``CPU_KERNEL_MODES``; ``owner`` names the module in the message."""
     if value not in CPU_KERNEL_MODES:
         raise ValueError(f"{owner}: cpu_kernel must be 'auto', 'never' or 'always', got {value!r}.")
 

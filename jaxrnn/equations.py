@@ -142,11 +142,13 @@ def rnn_combine(activation, gx: Gates, gh: Gates, state: State) -> tuple[State, 
 
 
 def lstm_combine(gx: Gates, gh: Gates, state: State, weight_hr: Array | None) -> tuple[State, Array]:
-    """LSTM, as ``torch.nn.LSTM`` (gate order i, f, g, o)::
+    """LSTM, as ``torch.nn.LSTM``.
 
-    i, f, g, o = W_ih x + b_ih + W_hh h + b_hh      (each gate's rows)
-    c' = sigmoid(f) * c + sigmoid(i) * tanh(g)
-    h' = sigmoid(o) * tanh(c')          then h' = W_hr h' when proj_size > 0
+    Gate order i, f, g, o::
+
+        i, f, g, o = W_ih x + b_ih + W_hh h + b_hh      (each gate's rows)
+        c' = sigmoid(f) * c + sigmoid(i) * tanh(g)
+        h' = sigmoid(o) * tanh(c')          then h' = W_hr h' when proj_size > 0
     """
     _, c = state
     i, f, g, o = (a + b for a, b in zip(gx, gh))
@@ -158,12 +160,14 @@ def lstm_combine(gx: Gates, gh: Gates, state: State, weight_hr: Array | None) ->
 
 
 def gru_combine(gx: Gates, gh: Gates, state: State) -> tuple[State, Array]:
-    """GRU, as ``torch.nn.GRU`` (gate order r, z, n; ``b_hn`` inside the reset product)::
+    """GRU, as ``torch.nn.GRU``.
 
-    r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
-    z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
-    n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
-    h' = (1 - z) * n + z * h
+    Gate order r, z, n; ``b_hn`` inside the reset product::
+
+        r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
+        z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
+        n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+        h' = (1 - z) * n + z * h
     """
     (h,) = state
     x_r, x_z, x_n = gx

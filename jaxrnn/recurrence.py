@@ -49,7 +49,7 @@ class LoopOptions:
         per gate), as cuDNN does. Reverse-mode only (``jax.grad``/``vjp``, not ``jvp``).
         Otherwise the forward loop is ``lax.scan`` and JAX derives the backward.
       cpu_kernel: ``"auto"`` runs the loop in jaxrnn's hand-written CPU kernel
-        (:mod:`jaxrnn.kernels.cpu`, all three cells, forward and backward) where
+        (``jaxrnn.kernels.cpu``, all three cells, forward and backward) where
         it applies, else the XLA loop; ``"never"`` always runs the XLA loop;
         ``"always"`` raises where the kernel does not apply. The rules (CPU,
         float32, no ``proj_size``, no XLA-loop option, not under ``jax.jvp``, ...)

@@ -67,7 +67,7 @@ def make_optimizer(
     clip_norm: float | None = None,
     momentum: float | None = None,
 ) -> optax.GradientTransformation:
-    """``'adam' | 'sgd' | 'adamw' | 'rmsprop'``, optionally after :func:`clip_by_global_norm` ``(clip_norm)``.
+    """``'adam' | 'sgd' | 'adamw' | 'rmsprop'``, optionally after :func:`jaxrnn.train.clip_by_global_norm` ``(clip_norm)``.
 
     ``learning_rate`` may be an optax schedule (``optax.exponential_decay``, ...).
     """
