@@ -153,6 +153,7 @@ def cell_alias(key: str, expected: Collection[str]) -> str | None:
 def cell_keys(layer_prefix: str, cell_prefix: str | None = None) -> dict[str, str]:
     """The ``rename=`` mapping from a one-layer jaxrnn layer's keys to an ``nn.*Cell``'s, e.g. for
     ``to_state_dict(variables, rename=cell_keys('rnn.', 'cell.'))`` to load into a torch model that runs an
-    ``nn.LSTMCell`` named ``cell`` in a loop. (Loading such a file needs no mapping: see :func:`interop.keys.cell_alias`.)"""
+    ``nn.LSTMCell`` named ``cell`` in a loop. (Loading such a file needs no mapping: see
+    :func:`interop.keys.cell_alias`.)"""
     cell_prefix = layer_prefix if cell_prefix is None else cell_prefix
     return {f"{layer_prefix}{name}_l0": f"{cell_prefix}{name}" for name in _CELL_NAMES}

@@ -67,7 +67,9 @@ def make_optimizer(
     clip_norm: float | None = None,
     momentum: float | None = None,
 ) -> optax.GradientTransformation:
-    """``'adam' | 'sgd' | 'adamw' | 'rmsprop'``, optionally after :func:`jaxrnn.train.clip_by_global_norm` ``(clip_norm)``.
+    """``'adam' | 'sgd' | 'adamw' | 'rmsprop'``, optionally after ``clip_by_global_norm(clip_norm)``.
+
+    The clipping is :func:`jaxrnn.train.clip_by_global_norm`.
 
     ``learning_rate`` may be an optax schedule (``optax.exponential_decay``, ...).
     """
