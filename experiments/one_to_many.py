@@ -140,17 +140,18 @@ def main(argv=None) -> int:
     decoder, decoder_vars = make_decoder(len(vocab)), {"params": state.params["decoder"]}  # the trained decoder
     initial = jax.jit(lambda c: model.apply(variables, c, method=Captioner.initial_state))
 
-    def caption(n: int) -> str:
-        start = initial(conditions[n : n + 1])
-        ids = np.asarray(jaxrnn.generate(decoder, decoder_vars, jnp.array([1]), max_len, greedy=True, state=start))
-        end = int(np.argmax(ids == 2)) if (ids == 2).any() else len(ids)
-        return "".join(vocab[i] for i in ids[:end])
+    def captions(numbers: np.ndarray) -> dict[int, str]:
+        """Every number's words, generated as one batch from one initial state per number (BOS 1, EOS 2)."""
+        start = initial(conditions[numbers])
+        bos = jnp.ones((len(numbers), 1), jnp.int32)
+        ids = np.asarray(jaxrnn.generate(decoder, decoder_vars, bos, max_len, greedy=True, state=start))
+        ends = [int(np.argmax(row == 2)) if (row == 2).any() else len(row) for row in ids]
+        return {int(n): "".join(vocab[i] for i in row[:end]) for n, row, end in zip(numbers, ids, ends)}
 
-    generated = {int(n): caption(int(n)) for n in held_out}
+    generated = captions(np.asarray(held_out))
     correct = [n for n, text in generated.items() if text == texts[n]]
     accuracy = len(correct) / len(held_out)
-    train_sample = [int(n) for n in train[:200]]
-    train_accuracy = np.mean([caption(n) == texts[n] for n in train_sample])
+    train_accuracy = np.mean([text == texts[n] for n, text in captions(np.asarray(train[:200])).items()])
     print(
         f"\nexact match: held-out {accuracy:.1%} ({len(correct)}/{len(held_out)}), training sample {train_accuracy:.1%}"
     )

@@ -109,6 +109,28 @@ def test_generate_from_a_given_state():
     np.testing.assert_array_equal(zeros, jaxrnn.generate(model, variables, jnp.array([3]), 12, greedy=True))
 
 
+def test_generate_a_batch_row_by_row_equal():
+    """A batch of prompts, each from its own state, generates what each row generates alone; sampled rows differ."""
+    model = jaxrnn.SequenceModel(vocab_size=9, hidden_size=8, cell="lstm", num_layers=2)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+    prompts = jnp.array([[1, 2], [3, 4], [5, 6]])
+    _, states = model.apply(variables, jnp.array([[7], [8], [2]]))  # (h, c), each (2, 3, 8): one state per row
+    batch = jaxrnn.generate(model, variables, prompts, 10, greedy=True, state=states)
+    assert batch.shape == (3, 10)
+    for i in range(3):
+        row_state = jax.tree.map(lambda s, i=i: s[:, i : i + 1], states)
+        np.testing.assert_array_equal(
+            batch[i], jaxrnn.generate(model, variables, prompts[i], 10, greedy=True, state=row_state)
+        )
+    same = jnp.array([[1, 2]] * 4)
+    sampled = jaxrnn.generate(model, variables, same, 30, jax.random.key(3), temperature=5.0)
+    assert len({tuple(row) for row in np.asarray(sampled).tolist()}) > 1  # rows are sampled independently
+    with pytest.raises(
+        ValueError, match=r"state must be \(D\*num_layers, 3, H\) arrays for a prompt of shape \(3, 2\)"
+    ):
+        jaxrnn.generate(model, variables, prompts, 5, greedy=True, state=model.zero_state(1))
+
+
 def test_sampling_respects_top_k_and_temperature():
     model = jaxrnn.SequenceModel(vocab_size=9, hidden_size=8, cell="rnn")
     variables = model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
@@ -122,7 +144,7 @@ def test_sampling_respects_top_k_and_temperature():
         jaxrnn.generate(model, variables, prompt, 5)
     with pytest.raises(ValueError, match=r"top_k must be in \[1, 9\], got 10"):
         jaxrnn.generate(model, variables, prompt, 5, jax.random.key(0), top_k=10)
-    with pytest.raises(ValueError, match="prompt must be a non-empty 1-D array of ids"):
+    with pytest.raises(ValueError, match=r"prompt must be non-empty ids, \(P,\) or a batch \(N, P\), got int32\(0,\)"):
         jaxrnn.generate(model, variables, jnp.array([], jnp.int32), 5, greedy=True)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         jaxrnn.generate(model, variables, prompt, 5, jax.random.key(0), temperature=0.0)
