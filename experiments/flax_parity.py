@@ -12,7 +12,7 @@ interop.to_state_dict's export goes back into a fresh torch layer
 
     python experiments/flax_parity.py [--out experiments/results/flax_parity] [--smoke]
 
-Writes parity.md (the table in the README) and parity.json. nnx.GRUCell has no
+Writes parity.md (the table in docs/guides/flax_cells.md) and parity.json. nnx.GRUCell has no
 parameter for torch's b_hn, so its torch layer has b_hn set to zero first (a
 nonzero one is refused; see tests/test_flax_cells_interop.py).
 """

@@ -1,10 +1,10 @@
 """Hand-written CPU kernels for the RNN, LSTM and GRU recurrences, built with the package, called through XLA's FFI.
 
 XLA's CPU loop runs one small matmul per time step well below the machine's
-GEMM speed and spreads it badly over cores (see the README's performance
-section). ``recurrence_cpu.cc`` does the whole loop of one direction in one
-call: per step one pass over the packed ``W_ih`` and ``W_hh`` with the gates
-fused into the matmul's epilogue; the backward loop likewise (gate
+GEMM speed and spreads it badly over cores (see docs/guides/performance.md).
+``recurrence_cpu.cc`` does the whole loop of one direction in one call: per step
+one pass over the packed ``W_ih`` and ``W_hh`` with the gates fused into the
+matmul's epilogue; the backward loop likewise (gate
 gradients, then ``dz @ W_hh``, and every 8 steps the weight gradients of those
 steps). The calling thread and helper tasks on XLA's
 own intra-op thread pool share each step's blocks of hidden units. One C++
@@ -233,8 +233,9 @@ def _build_and_load(name: str, library: pathlib.Path) -> ctypes.CDLL:
             return ctypes.CDLL(str(library))
 
 
-# What the XLA loop costs where the kernel would run: the README's benchmark (kernel against XLA loop, same run).
-XLA_LOOP_COST = "forward 1.6-2.7x and gradients 1.5-3.1x the kernel's time in the README's benchmark"
+# What the XLA loop costs where the kernel would run: the layer benchmark (kernel against XLA loop, same run;
+# docs/guides/performance.md).
+XLA_LOOP_COST = "forward 1.6-2.7x and gradients 1.5-3.1x the kernel's time in jaxrnn's layer benchmark"
 
 
 def _off(reason: str) -> tuple[None, str]:
