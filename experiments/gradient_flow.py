@@ -100,7 +100,7 @@ def train_recall(cell: str, delay: int, steps: int, key) -> tuple[dict, float]:
 
 
 def hidden_gradient_norms(cell: str, params: dict, length: int, key) -> np.ndarray:
-    """||dL/dh_t||, averaged over a batch, for t = 0..length-1 (L at the last step)
+    """||dL/dh_t||, averaged over a batch, by distance d = T - 1 - t from the loss at the last step
     (jaxrnn.inspect.hidden_state_gradients on the recall task's embedded inputs and head)."""
     ids, symbols = recall_batch(key, 256, length - 2)
     x = params["embed"]["embedding"][ids] if "embed" in params else jax.nn.one_hot(ids, SYMBOLS + 2)
@@ -110,8 +110,7 @@ def hidden_gradient_norms(cell: str, params: dict, length: int, key) -> np.ndarr
         return optax.softmax_cross_entropy_with_integer_labels(logits, symbols).mean()
 
     grads = jaxrnn.inspect.hidden_state_gradients(cell, params["rnn"], x, loss)  # (L, N, H)
-    # in float64: in float32 the squares of entries below ~1e-19 underflow and the norm would read 0
-    return np.linalg.norm(np.asarray(grads, np.float64), axis=-1).mean(axis=1)
+    return jaxrnn.inspect.gradient_norms_by_distance(grads)
 
 
 # -- 3. clipping -------------------------------------------------------------------------------------
@@ -166,8 +165,9 @@ def main(argv=None) -> int:
         untrained = init_params(cell, jax.random.fold_in(key, i))
         trained, _ = train_recall(cell, TRAIN_DELAY, steps, jax.random.fold_in(key, 100 + i))
         for tag, params in (("untrained", untrained), ("trained", trained)):
-            per_step = hidden_gradient_norms(cell.split("-")[0], params, grad_length, jax.random.fold_in(key, 200 + i))
-            by_distance = per_step[::-1]  # index d: distance T - t = d
+            by_distance = hidden_gradient_norms(
+                cell.split("-")[0], params, grad_length, jax.random.fold_in(key, 200 + i)
+            )
             norms[f"{cell} {tag}"] = by_distance
             shown = ", ".join(f"d={d}: {by_distance[d]:.2e}" for d in DISTANCES if d < len(by_distance))
             print(f"   {cell:4s} {tag:9s} {shown}")

@@ -144,8 +144,7 @@ def gradient_norms(cell: str, params: dict, length: int, key: jax.Array) -> np.n
 
     kind, nonlinearity = layer_of(cell)
     grads = jaxrnn.inspect.hidden_state_gradients(kind, params["rnn"], x, loss, nonlinearity)  # (T, N, H)
-    # in float64: in float32 the squares of entries below ~1e-19 underflow and the norm would read 0
-    return np.linalg.norm(np.asarray(grads, np.float64), axis=-1).mean(axis=1)[::-1]
+    return jaxrnn.inspect.gradient_norms_by_distance(grads)
 
 
 def reported(entry: dict) -> dict:

@@ -8,12 +8,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxrnn.equations import NUM_GATES, Cell, gate_weights, kind_of, project
 from jaxrnn.params import suffix, weights_of
 from jaxrnn.rnn import _StackedRecurrent
 
 Array = jax.Array
+
+__all__ = ["gradient_norms_by_distance", "hidden_state_gradients", "step_states"]
 
 
 def step_states(
@@ -96,3 +99,17 @@ def hidden_state_gradients(
         return loss(state[0])
 
     return jax.grad(loss_of_perturbations)(jnp.zeros((x.shape[1], x.shape[0], layer_cell.output_size), x.dtype))
+
+
+def gradient_norms_by_distance(grads: Array) -> np.ndarray:
+    """The mean over the batch of ``||dL/dh_t||``, indexed by the distance from the loss.
+
+    Args:
+      grads: ``(L, N, P)``, as :func:`hidden_state_gradients` returns them.
+
+    Returns:
+      ``(L,)`` float64: index ``d`` is step ``L - 1 - d``. The norms are taken in
+      float64: in float32 the squares of entries below about 1e-19 underflow, and a
+      vanishing gradient's norm would read 0 long before the gradient is 0.
+    """
+    return np.linalg.norm(np.asarray(grads, np.float64), axis=-1).mean(axis=1)[::-1]

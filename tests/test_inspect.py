@@ -40,3 +40,14 @@ def test_states_agree_with_outputs_and_final_state(kind, batch_first):
         for n, length in enumerate([6, 2, 4]):
             np.testing.assert_allclose(states["h"][:, 0, length - 1, n], other_h_n[0::2, n], atol=1e-6)
             np.testing.assert_allclose(states["h"][:, 1, 0, n], other_h_n[1::2, n], atol=1e-6)
+
+
+def test_gradient_norms_by_distance_are_float64_and_reversed():
+    """Index d is step L - 1 - d; entries of 1e-22 (whose float32 squares underflow) keep a norm, not 0."""
+    grads = np.zeros((3, 2, 4), np.float32)
+    grads[0] = 1e-22  # the first step: distance 2 from the loss
+    grads[2, 0] = 3.0  # the last step, one sequence of two: norms 6 and 0
+    norms = jaxrnn.inspect.gradient_norms_by_distance(jnp.asarray(grads))
+    assert norms.dtype == np.float64 and norms.shape == (3,)
+    np.testing.assert_allclose(norms, [3.0, 0.0, 2e-22], rtol=1e-6)
+    assert float(jnp.linalg.norm(jnp.asarray(grads[0, 0]))) == 0.0  # what a float32 norm would have said
