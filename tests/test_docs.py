@@ -6,23 +6,15 @@ are errors, the course notebooks execute, and docs/conf.py fails the build for a
 
 import doctest
 import importlib
+import pathlib
+import runpy
 import types
 
 import pytest
 
-PUBLIC_MODULES = (
-    "jaxrnn",
-    "jaxrnn.nnx",
-    "jaxrnn.functional",
-    "jaxrnn.init",
-    "jaxrnn.inspect",
-    "jaxrnn.parallel",
-    "interop",
-)
-
-
-def public_names(module: types.ModuleType) -> list[str]:
-    return list(getattr(module, "__all__", None) or [n for n in vars(module) if not n.startswith("_")])
+# The build's own list of public modules and its rule for a module's public names (docs/conf.py).
+_CONF = runpy.run_path(str(pathlib.Path(__file__).resolve().parents[1] / "docs" / "conf.py"))
+PUBLIC_MODULES, public_names = _CONF["PUBLIC_MODULES"], _CONF["public_names"]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)
