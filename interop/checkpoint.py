@@ -35,9 +35,8 @@ from interop.arrays import to_numpy
 from interop.formats import FORMATS, CheckpointError, sniff
 from interop.torch_zip import TorchZipReader
 
-# Entries of a training-checkpoint dict that hold the model, in the order they are tried:
-# pytorch/examples and most tutorials, Lightning ('state_dict'), and common hand-written layouts.
-#: The entries of a training dict that hold the model's state dict, in the order they are looked for.
+#: The entries of a training dict that hold the model's state dict, in the order they are looked for:
+#: pytorch/examples and most tutorials, Lightning ('state_dict'), and common hand-written layouts.
 STATE_DICT_ENTRIES = ("state_dict", "model_state_dict", "model", "net", "network", "module", "model_state")
 
 
